@@ -1,0 +1,55 @@
+"""The `medsec` command: a thin layer over the library (see DESIGN.md for the one flow).
+
+Each area registers its own commands from its module (`register(app)`), listed in COMMAND_MODULES,
+so the areas stay independent and this file stays small.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+import typer
+from rich.console import Console
+
+from medsec.errors import MedsecError
+
+app = typer.Typer(
+    name="medsec",
+    help="Audit the security of medical-imaging AI: victims, defences, adaptive attacks and DICOM signatures.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+err_console = Console(stderr=True)
+
+# Modules that define `register(app: typer.Typer) -> None`.
+COMMAND_MODULES: list[str] = [
+    "medsec.commands",
+]
+
+for _mod in COMMAND_MODULES:
+    importlib.import_module(_mod).register(app)
+
+
+def main() -> None:
+    """Entry point: run the app, turning MedsecError into a one-line message and exit code 2."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        app(standalone_mode=False)
+    except MedsecError as e:
+        err_console.print(f"[bold red]error:[/] {e}")
+        sys.exit(2)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        err_console.print("aborted")
+        sys.exit(130)
+    except Exception as e:  # click usage errors
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        raise
