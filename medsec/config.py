@@ -105,6 +105,7 @@ class SurveyConfig(_Strict):
     uap_epochs: int = Field(5, gt=0)
     backdoor_rates: list[float] = Field(default_factory=lambda: [0.01, 0.05])
     backdoor_target_class: int = 0
+    backdoor_trigger: float = Field(0.1, gt=0)  # trigger side: fraction of the image side (< 1) or pixels
     fc_targets: int = Field(5, gt=0)
     fc_poisons: int = Field(5, gt=0)
     fc_steps: int = Field(100, gt=0)

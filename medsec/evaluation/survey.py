@@ -113,7 +113,8 @@ def _survey_dataset(cfg: ExperimentConfig, name: str, store: CellStore) -> list[
     for rate in s.backdoor_rates:
         def run_backdoor(rate: float = rate) -> dict[str, Any]:
             vv = victim()
-            bd = BadNets(rate=rate, target_class=s.backdoor_target_class, seed=cfg.seed)
+            bd = BadNets(rate=rate, target_class=s.backdoor_target_class, trigger_size=s.backdoor_trigger,
+                         seed=cfg.seed)
             poisoned = bd.poison(vv.data)
             model = retrain(vv.meta, poisoned.dataset, cfg.train, seed=vv.meta.get("seed", cfg.seed),
                             device=resolve_device(cfg.device)).cpu().eval()
