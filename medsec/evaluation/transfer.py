@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import textwrap
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -387,7 +388,7 @@ def _heatmap(path: Path, rows_l: list[str], cols_l: list[str], m: np.ndarray, ti
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(cols_l), 1.0 + 0.45 * len(rows_l)))
+    fig, ax = plt.subplots(figsize=(max(5.5, 2.5 + 0.9 * len(cols_l)), max(3.5, 1.8 + 0.4 * len(rows_l))))
     im = ax.imshow(m, cmap="viridis", vmin=0, vmax=max(100.0, float(np.nanmax(m)) if m.size else 100.0))
     ax.set_xticks(range(len(cols_l)), cols_l, rotation=40, ha="right", fontsize=8)
     ax.set_yticks(range(len(rows_l)), rows_l, fontsize=8)
@@ -398,7 +399,7 @@ def _heatmap(path: Path, rows_l: list[str], cols_l: list[str], m: np.ndarray, ti
             if m[i, j] == m[i, j]:
                 ax.text(j, i, f"{m[i, j]:.0f}", ha="center", va="center", fontsize=7,
                         color="white" if m[i, j] < 60 else "black")
-    ax.set_title(title, fontsize=9)
+    ax.set_title("\n".join(textwrap.wrap(title, 60)), fontsize=8)
     fig.colorbar(im, ax=ax, label="100 x metric adv / clean")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
