@@ -67,6 +67,7 @@ class TransferConfig(_Strict):
 
     dataset: str = "chest2"
     pretrain_source: str = "rsna"  # the other embedded task 'pretrained' models start from
+    difficulty: float | None = Field(None, ge=0, le=1)  # synthetic data difficulty (both tasks); None = default
     archs: list[str] = Field(default_factory=lambda: ["densenet121", "resnet50", "vgg16"])
     width: float = Field(0.125, gt=0, le=4)
     depth: float = Field(0.34, gt=0, le=1)

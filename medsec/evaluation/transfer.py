@@ -133,7 +133,7 @@ def study_config(cfg: ExperimentConfig, dataset: str, arch: str) -> ExperimentCo
     return cfg.model_copy(update={
         "data": cfg.data.model_copy(update={"n_train": t.n_train, "n_val": t.n_val, "n_test": t.n_test}),
         "train": cfg.train.model_copy(update={"epochs": t.epochs}),
-        "victims": {dataset: VictimConfig(arch=arch, width=t.width, depth=t.depth)},
+        "victims": {dataset: VictimConfig(arch=arch, width=t.width, depth=t.depth, difficulty=t.difficulty)},
     })
 
 
@@ -435,7 +435,9 @@ def transfer_markdown(result: dict[str, Any], t: TransferConfig, figures: list[P
         "",
         f"Models: {', '.join(t.archs)} scaled by width x{t.width:g} and depth x{t.depth:g} "
         f"({describe(t.archs[0], t.width, t.depth)} etc.), {t.n_train // 2} training images in d1, "
-        f"{t.epochs} epochs; 'pretrained' = backbone trained first on {t.pretrain_source} (synthetic stand-in for "
+        f"{t.epochs} epochs"
+        + (f", synthetic difficulty {t.difficulty:g}" if t.difficulty is not None else "")
+        + f"; 'pretrained' = backbone trained first on {t.pretrain_source} (synthetic stand-in for "
         f"ImageNet pretraining, shared by target and surrogate)"
         + (", 'file' = user weights" if t.weights else "") + ". Targets use d1 and seed "
         f"{t.target_seed}; surrogates seed {t.surrogate_seed}.",
