@@ -68,14 +68,18 @@ def contains_un(el: Element) -> bool:
     return False
 
 
+def is_signable_tag(tag: int) -> bool:
+    """PS3.15 C.1: group lengths, Length to End, groups below 0008 (file meta), group FFFA, the MAC
+    Parameters Sequence, trailing padding and item/sequence delimiters are never signed."""
+    group, elem = tag >> 16, tag & 0xFFFF
+    if group < 0x0008 or elem == 0 or tag == 0x00080001:
+        return False
+    return not (group in (0xFFFA, 0xFFFE) or tag in (MAC_PARAMETERS_SEQ, DATASET_TRAILING_PADDING))
+
+
 def is_signable(el: Element) -> bool:
-    """PS3.15 C.1 / DCMTK: which elements a signature may cover."""
-    group, elem = el.tag >> 16, el.tag & 0xFFFF
-    if group < 0x0008 or elem == 0 or el.tag == 0x00080001:
-        return False
-    if group in (0xFFFA, 0xFFFE) or el.tag in (MAC_PARAMETERS_SEQ, DATASET_TRAILING_PADDING):
-        return False
-    return not contains_un(el)
+    """PS3.15 C.1 / DCMTK: which elements a signature may cover (UN and sequences holding UN excluded)."""
+    return is_signable_tag(el.tag) and not contains_un(el)
 
 
 def encode_for_mac(el: Element) -> bytes:

@@ -54,6 +54,7 @@ from medsec.integrity.macstream import (
     SIGNATURE_DATETIME,
     SIGNATURE_UID,
     is_signable,
+    is_signable_tag,
     mac_available,
     mac_stream,
 )
@@ -251,6 +252,8 @@ def sign_dicom(
     if tags:
         chosen = set()
         for t in tags:
+            if not is_signable_tag(t):
+                raise IntegrityError(f"--tags: element {rd.tag_str(t)} cannot be signed (PS3.15 C.1 excludes it)")
             if t not in present:
                 raise IntegrityError(f"--tags: element {rd.tag_str(t)} is not in the data set being signed")
             if not is_signable(present[t]):
