@@ -14,6 +14,7 @@ import hashlib
 import os
 import re
 import struct
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -462,16 +463,18 @@ def verify_dataset(dataset: rd.Item, location: str, trust: TrustStore | None,
             rep.reason = "signature item lacks an X509_1993_SIG certificate or the Signature"
             continue
         try:
-            cert = x509.load_der_x509_certificate(der_trim(cert_el.value))
-        except ValueError as e:
+            with warnings.catch_warnings():  # e.g. a non-positive serial number: still parsed, then judged
+                warnings.simplefilter("ignore")
+                cert = x509.load_der_x509_certificate(der_trim(cert_el.value))
+            pub = cert.public_key()
+            rep.signer = cert.subject.rfc4514_string()
+            rep.issuer = cert.issuer.rfc4514_string()
+        except (ValueError, TypeError, UnsupportedAlgorithm, x509.InvalidVersion) as e:
             rep.reason = f"Certificate of Signer cannot be parsed ({e})"
             continue
-        pub = cert.public_key()
-        rep.signer = cert.subject.rfc4514_string()
-        rep.issuer = cert.issuer.rfc4514_string()
         rep.key_algorithm = _key_description(pub)
         if rep.mac not in MAC_ALGORITHMS:
-            rep.status, rep.reason = "unsupported", f"unknown MAC Algorithm {rep.mac!r}"
+            rep.reason = f"MAC Algorithm {rep.mac!r} is not a DICOM defined term"
             continue
         if not mac_available(rep.mac):
             rep.status = "unsupported"
