@@ -4,6 +4,7 @@ The gate's one entry point is `check(path, trust) -> Verdict` (`require_signed` 
 `sign_file` and `keygen` make signed files; `verify_dicom` gives per-signature reports.
 """
 
+from medsec.integrity.demo import tamper_demo
 from medsec.integrity.gate import (
     EXIT_CODES,
     AuditLog,
@@ -32,5 +33,6 @@ __all__ = [
     "load_private_key",
     "require_signed",
     "sign_file",
+    "tamper_demo",
     "verify_dicom",
 ]
