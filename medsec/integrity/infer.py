@@ -103,8 +103,9 @@ def infer_file(path: str | Path, model: Any, meta: dict[str, Any], gate: Gate | 
         if not verdict.ok:
             raise RefusedError(verdict)
     pixels, bits = decode_pixels(data, str(path))
-    size = meta.get("image_size", pixels.shape[-1])
-    x = to_model_input(pixels, bits, size, int(meta.get("channels", pixels.shape[0])))
+    size: int | tuple[int, int] = meta["image_size"] if meta.get("image_size") else int(pixels.shape[-1])
+    channels = int(meta["channels"]) if meta.get("channels") else int(pixels.shape[0])
+    x = to_model_input(pixels, bits, size, channels)
     result = predict(model, meta, x)
     result["file"] = str(path)
     result["signature"] = (
