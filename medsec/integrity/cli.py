@@ -123,8 +123,117 @@ def verify(
         raise SystemExit(failing[0].exit_code)
 
 
+def infer(
+    files: Annotated[list[Path], typer.Argument(help="DICOM files to classify/segment.")],
+    model: Annotated[Path, typer.Option(help="Victim checkpoint (medsec.models.load_checkpoint).")],
+    require_signature: Annotated[bool, typer.Option("--require-signature/--no-require-signature",
+                                                    help="Run the integrity gate first; refuse what fails.")] = False,
+    trust: Annotated[Path | None, typer.Option(help="Trusted certificate or folder (with --require-signature).")] = None,
+    audit_log: Annotated[Path, typer.Option(help="JSON-lines audit log of the gate's verdicts.")] = Path(
+        "medsec-audit.jsonl"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print results as JSON.")] = False,
+) -> None:
+    """Predict on DICOM files; with --require-signature only signed, untampered files reach the model."""
+    from medsec.errors import MedsecError
+    from medsec.integrity.gate import Gate, RefusedError
+    from medsec.integrity.infer import infer_file
+
+    if require_signature and trust is None:
+        raise typer.BadParameter("--require-signature needs --trust CERT_OR_DIR", param_hint="--trust")
+    try:
+        from medsec.models import load_checkpoint  # type: ignore[attr-defined,import-not-found,unused-ignore]
+    except ImportError as e:
+        raise MedsecError(f"medsec.models is not available in this installation ({e})") from e
+    try:
+        gate = Gate(trust, audit_log) if require_signature and trust is not None else None
+    except IntegrityError as e:
+        raise _fail(e) from None
+    if gate is None:
+        err_console.print("warning: signatures are not checked (use --require-signature --trust ...)",
+                          style="yellow", markup=False)
+    net, meta = load_checkpoint(model)
+    results, first_code = [], 0
+    for f in files:
+        try:
+            r = infer_file(f, net, meta, gate)
+        except RefusedError as e:
+            v = e.verdict
+            results.append({"file": str(f), "refused": True, "reason": v.reason, "exit_code": v.exit_code,
+                            "message": v.message})
+            err_console.print(f"REFUSED {f}: {v.reason} (exit {v.exit_code}) - {v.message}; "
+                              f"logged to {audit_log}", style="bold red", markup=False)
+            first_code = first_code or v.exit_code
+            continue
+        except IntegrityError as e:  # unreadable pixels without a gate
+            err_console.print(f"error: {e}", style="bold red", markup=False)
+            results.append({"file": str(f), "refused": True, "reason": "unreadable", "exit_code": e.exit_code,
+                            "message": str(e)})
+            first_code = first_code or e.exit_code
+            continue
+        results.append(r)
+        if not as_json:
+            if r["task"] == "classification":
+                top = ", ".join(f"{k} {p:.3f}" for k, p in sorted(r["probabilities"].items(), key=lambda kv: -kv[1]))
+                console.print(f"{f}: {r['prediction']} ({top}) [signature: {r['signature']['verdict']}]", markup=False)
+            else:
+                console.print(f"{f}: mask fractions {r['mask_fraction']} "
+                              f"[signature: {r['signature']['verdict']}]", markup=False)
+    if as_json:
+        print(json.dumps(results, indent=2))
+    if first_code:
+        raise SystemExit(first_code)
+
+
+def serve(
+    trust: Annotated[Path, typer.Option(help="Trusted certificate or folder of certificates.")],
+    port: Annotated[int, typer.Option(help="DICOM port to listen on.")] = 11112,
+    host: Annotated[str, typer.Option(help="Address to bind (default loopback only).")] = "127.0.0.1",
+    ae_title: Annotated[str, typer.Option(help="This node's AE title.")] = "MEDSEC",
+    store: Annotated[Path, typer.Option(help="Folder for accepted instances.")] = Path("medsec-store"),
+    quarantine: Annotated[Path, typer.Option(help="Folder for refused instances (+ verdict JSON).")] = Path(
+        "medsec-quarantine"),
+    model: Annotated[Path | None, typer.Option(help="Checkpoint to run on every accepted instance.")] = None,
+    audit_log: Annotated[Path, typer.Option(help="JSON-lines audit log.")] = Path("medsec-audit.jsonl"),
+    acknowledge_refused: Annotated[bool, typer.Option(help="Answer 0x0000 even for quarantined instances.")] = False,
+) -> None:
+    """Run a DICOM Storage SCP that gates every received instance (Ctrl-C stops it)."""
+    from medsec.errors import MedsecError
+    from medsec.integrity.gate import Gate
+    from medsec.integrity.infer import infer_bytes
+    from medsec.integrity.scp import GatedStorageSCP
+
+    try:
+        gate = Gate(trust, audit_log)
+    except IntegrityError as e:
+        raise _fail(e) from None
+    on_accept = None
+    if model is not None:
+        try:
+            from medsec.models import load_checkpoint  # type: ignore[attr-defined,import-not-found,unused-ignore]
+        except ImportError as e:
+            raise MedsecError(f"medsec.models is not available in this installation ({e})") from e
+        net, meta = load_checkpoint(model)
+
+        def on_accept(data: bytes, path: Path, verdict: object) -> dict:  # type: ignore[type-arg]
+            r = infer_bytes(data, str(path), net, meta, None)  # these exact bytes were gated already
+            console.print(f"{path}: {r.get('prediction', r.get('mask_fraction'))}", markup=False)
+            return r
+
+    scp = GatedStorageSCP(gate, store, quarantine, ae_title=ae_title, on_accept=on_accept,
+                          refuse=not acknowledge_refused)
+    console.print(f"listening on {host}:{port} as {ae_title}; trust {trust}; audit log {audit_log}", markup=False)
+    try:
+        scp.start(host, port, block=True)
+    except OSError as e:
+        raise MedsecError(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
+    except KeyboardInterrupt:
+        pass
+
+
 def register(app: typer.Typer) -> None:
     """Add keygen, sign, verify (and infer, serve) to `app`."""
     app.command("keygen")(keygen)
     app.command("sign")(sign)
     app.command("verify")(verify)
+    app.command("infer")(infer)
+    app.command("serve")(serve)

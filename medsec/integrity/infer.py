@@ -94,22 +94,27 @@ def predict(model: Any, meta: dict[str, Any], x: Any) -> dict[str, Any]:
             "probabilities": {n: float(p) for n, p in zip(labels, probs.tolist(), strict=True)}}
 
 
-def infer_file(path: str | Path, model: Any, meta: dict[str, Any], gate: Gate | None) -> dict[str, Any]:
-    """Gate (when `gate` is given), then predict. Raises RefusedError for a refused file (audit-logged)."""
-    data = read_bytes(path)
+def infer_bytes(data: bytes, source: str, model: Any, meta: dict[str, Any], gate: Gate | None) -> dict[str, Any]:
+    """Gate the bytes (when `gate` is given), then decode the same bytes and predict."""
     verdict: Verdict | None = None
     if gate is not None:
-        verdict = gate.check_bytes(data, str(path))
+        verdict = gate.check_bytes(data, source)
         if not verdict.ok:
             raise RefusedError(verdict)
-    pixels, bits = decode_pixels(data, str(path))
+    pixels, bits = decode_pixels(data, source)
     size: int | tuple[int, int] = meta["image_size"] if meta.get("image_size") else int(pixels.shape[-1])
     channels = int(meta["channels"]) if meta.get("channels") else int(pixels.shape[0])
     x = to_model_input(pixels, bits, size, channels)
     result = predict(model, meta, x)
-    result["file"] = str(path)
+    result["file"] = source
     result["signature"] = (
         {"verdict": "accepted", "signer": verdict.signer, "message": verdict.message}
         if verdict is not None else {"verdict": "not checked"}
     )
     return result
+
+
+def infer_file(path: str | Path, model: Any, meta: dict[str, Any], gate: Gate | None) -> dict[str, Any]:
+    """Read the file once, gate it (when `gate` is given), then predict. Raises RefusedError for a refused
+    file (the gate's audit log records it)."""
+    return infer_bytes(read_bytes(path), str(path), model, meta, gate)
