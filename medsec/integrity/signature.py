@@ -480,6 +480,7 @@ def verify_dataset(dataset: rd.Item, location: str, trust: TrustStore | None,
             rep.status = "unsupported"
             rep.reason = f"this machine's OpenSSL/hashlib lacks {rep.mac}: the signature cannot be checked"
             continue
+        rep.covers_pixels_and_uids = location == "main" and _covers(dataset, set(rep.signed_tags))
         if rep.missing_tags:
             rep.status = "tampered"
             rep.reason = f"signed element(s) removed: {', '.join(rd.tag_str(t) for t in rep.missing_tags)}"
@@ -494,7 +495,6 @@ def verify_dataset(dataset: rd.Item, location: str, trust: TrustStore | None,
         if not rep.crypto_valid:
             rep.status, rep.reason = "tampered", "signature does not match the signed elements (content changed)"
             continue
-        rep.covers_pixels_and_uids = location == "main" and _covers(dataset, set(rep.signed_tags))
         if trust is None:
             rep.status, rep.reason = "untrusted", "no trust store given"
             continue
