@@ -73,7 +73,7 @@ def sign(
 ) -> None:
     """Add a DICOM digital signature (PS3.15 Annex C, dcmsign-compatible) and write the signed copy."""
     from medsec.integrity import rawdicom as rd
-    from medsec.integrity.signature import sign_file
+    from medsec.integrity.signature import required_coverage, sign_file
 
     split = [t for arg in tags or [] for t in arg.replace(" ", "").split(";") if t] if tags else None
     try:
@@ -82,7 +82,7 @@ def sign(
         raise _fail(e) from None
     console.print(f"signed {infile} -> {r.output}: {r.profile} profile, {r.mac}, {len(r.signed_tags)} elements, "
                   f"{r.location} data set, signature UID {r.uid}", markup=False)
-    covered = {0x7FE00010, 0x00080018, 0x0020000D, 0x0020000E} - set(r.signed_tags)
+    covered = set(required_coverage(rd.read(str(r.output)).dataset)) - set(r.signed_tags)
     if covered and r.location == "main":
         err_console.print("note: this signature does not cover "
                           f"{', '.join(rd.tag_str(t) for t in sorted(covered))}: the gate will not accept it alone",

@@ -3,8 +3,11 @@
 `check(path, trust) -> Verdict` is the one entry point; `require_signed` raises `RefusedError` for a
 refused file, and `Gate` keeps a trust store and an audit log for repeated use (inference, the Storage
 SCP). A file passes only when some signature in its main data set is cryptographically valid, its signer
-chains to the trust store, every certificate is inside its validity period now, and it covers Pixel Data
-and the SOP/Study/Series Instance UIDs; and no signature anywhere in the file fails to verify.
+chains to the trust store, every certificate is inside its validity period now, and it covers Pixel Data,
+the SOP/Study/Series Instance UIDs and the pixel interpretation attributes present (Rows, Columns,
+Samples per Pixel, Photometric Interpretation, Bits Allocated/Stored, High Bit, Pixel Representation,
+Planar Configuration, Number of Frames: unsigned, they would let an attacker rescale, invert or reshape
+signed pixels); and no signature anywhere in the file fails to verify.
 """
 
 from __future__ import annotations
@@ -39,7 +42,8 @@ REASON_TEXT: dict[str, str] = {
     "tampered": "a signature does not verify: signed content was changed, or the signature is malformed",
     "untrusted": "signatures verify but no signer is trusted by the trust store",
     "cert-time": "the trusted signer's certificate (or its CA) is expired or not yet valid",
-    "pixels-not-covered": "valid trusted signature(s), but none covers Pixel Data and the instance UIDs",
+    "pixels-not-covered": "valid trusted signature(s), but none covers Pixel Data, its interpretation "
+    "attributes (Rows, Columns, bits, photometric interpretation, ...) and the SOP/Study/Series Instance UIDs",
     "unsupported": "a signature uses an algorithm this machine cannot check (e.g. RIPEMD-160 missing)",
 }
 

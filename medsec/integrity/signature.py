@@ -70,6 +70,11 @@ STUDY_INSTANCE_UID = 0x0020000D
 SERIES_INSTANCE_UID = 0x0020000E
 PIXEL_TAGS = (0x7FE00008, 0x7FE00009, 0x7FE00010)
 KEY_UIDS = (SOP_INSTANCE_UID, STUDY_INSTANCE_UID, SERIES_INSTANCE_UID)
+# Attributes that decide how the pixel bytes become an image (geometry, bit depth, sign, colour model,
+# frames). The gate also requires those the data set has: with them unsigned, an attacker could rescale
+# (BitsStored), invert (PhotometricInterpretation) or reshape (Rows/Columns) signed pixels.
+PIXEL_INTERPRETATION_TAGS = (0x00280002, 0x00280004, 0x00280006, 0x00280008, 0x00280010, 0x00280011,
+                             0x00280100, 0x00280101, 0x00280102, 0x00280103)
 
 # Creator RSA profile (PS3.15 C.2): the UIDs, General Equipment, General Image, Image Pixel, overlay,
 # curve/annotation and multi-frame attributes -- each included when the data set has it.
@@ -410,9 +415,19 @@ def _verify_crypto(pub: Any, signature: bytes, digest: bytes, mac: str) -> bool:
     return True
 
 
-def _covers(dataset: rd.Item, signed: set[int]) -> bool:
+def required_coverage(dataset: rd.Item) -> list[int]:
+    """Tags a signature must cover for the gate: the SOP/Study/Series Instance UIDs, every pixel data
+    element present, and the pixel interpretation attributes present. Empty when there are no pixels."""
     pixels = [t for t in PIXEL_TAGS if dataset.find(t) is not None]
-    return bool(pixels) and all(t in signed for t in pixels) and all(t in signed for t in KEY_UIDS)
+    if not pixels:
+        return []
+    interp = [t for t in PIXEL_INTERPRETATION_TAGS if dataset.find(t) is not None]
+    return sorted({*KEY_UIDS, *pixels, *interp})
+
+
+def _covers(dataset: rd.Item, signed: set[int]) -> bool:
+    need = required_coverage(dataset)
+    return bool(need) and all(t in signed for t in need)
 
 
 def verify_dataset(dataset: rd.Item, location: str, trust: TrustStore | None,

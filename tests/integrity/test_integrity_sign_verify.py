@@ -86,8 +86,13 @@ def test_tag_list_and_profiles(nested_file: Path, tmp_path: Path, rsa_signer, ec
     out = tmp_path / "s.dcm"
     sign_file(nested_file, out, rsa_signer.key, rsa_signer.cert, tags=["PixelData", "(0008,0018)"])
     assert check(out, rsa_signer.trust).reason == "pixels-not-covered"
-    sign_file(nested_file, out, rsa_signer.key, rsa_signer.cert,
-              tags=["PixelData", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"])
+    uids_and_pixels = ["PixelData", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"]
+    sign_file(nested_file, out, rsa_signer.key, rsa_signer.cert, tags=uids_and_pixels)
+    # pixels and UIDs signed, but Rows/BitsStored/PhotometricInterpretation... could still be changed
+    assert check(out, rsa_signer.trust).reason == "pixels-not-covered"
+    interpretation = ["Rows", "Columns", "SamplesPerPixel", "PhotometricInterpretation", "BitsAllocated",
+                      "BitsStored", "HighBit", "PixelRepresentation"]
+    sign_file(nested_file, out, rsa_signer.key, rsa_signer.cert, tags=uids_and_pixels + interpretation)
     assert check(out, rsa_signer.trust).ok
     # the creator profile adds the UIDs, equipment and image pixel attributes to a short list
     res = sign_file(nested_file, out, rsa_signer.key, rsa_signer.cert, profile="creator", tags=["PatientID"])
