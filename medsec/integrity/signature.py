@@ -39,6 +39,7 @@ from medsec.integrity.keys import (
     check_time_valid,
     load_certificate,
     load_private_key,
+    public_key_verify_digest_rsa,
 )
 from medsec.integrity.macstream import (
     CERTIFICATE_OF_SIGNER,
@@ -294,7 +295,10 @@ def sign_dicom(
     sig_item = rd.Item(0, 0, False, sig_elements)
     stream = mac_stream(dataset, signed, sig_item)
     digest = hashlib.new(MAC_ALGORITHMS[mac], stream).digest()
-    signature = _sign_digest(key, digest, mac)
+    try:
+        signature = _sign_digest(key, digest, mac)
+    except UnsupportedAlgorithm as e:
+        raise ProfileError(f"--mac {mac}: the OpenSSL inside `cryptography` cannot sign with it ({e})") from e
     sig_item.elements.append(rd.make_element(SIGNATURE, "OB", signature))
 
     # like DCMTK: the file's own transfer syntax (explicit VR LE family), else explicit VR LE
@@ -401,11 +405,28 @@ def _key_description(pub: Any) -> str:
     return type(pub).__name__
 
 
+# DER DigestInfo prefixes (RFC 8017 9.2 note 1; RIPEMD-160 OID 1.3.36.3.2.1): lets RSA signatures be
+# checked by recovering the DigestInfo when `cryptography`'s OpenSSL lacks the hash.
+_DIGEST_INFO_PREFIX = {
+    "MD5": "3020300c06082a864886f70d020505000410",
+    "SHA1": "3021300906052b0e03021a05000414",
+    "RIPEMD160": "3021300906052b2403020105000414",
+    "SHA256": "3031300d060960864801650304020105000420",
+    "SHA384": "3041300d060960864801650304020205000430",
+    "SHA512": "3051300d060960864801650304020305000440",
+}
+
+
 def _verify_crypto(pub: Any, signature: bytes, digest: bytes, mac: str) -> bool:
     alg = utils.Prehashed(_hash_algorithm(mac))
     try:
         if isinstance(pub, rsa.RSAPublicKey):
-            pub.verify(signature[: (pub.key_size + 7) // 8], digest, padding.PKCS1v15(), alg)
+            sig = signature[: (pub.key_size + 7) // 8]
+            try:
+                pub.verify(sig, digest, padding.PKCS1v15(), alg)
+            except UnsupportedAlgorithm:
+                expected = bytes.fromhex(_DIGEST_INFO_PREFIX[mac]) + digest
+                return public_key_verify_digest_rsa(pub, sig, expected)
         elif isinstance(pub, ec.EllipticCurvePublicKey):
             pub.verify(der_trim(signature), digest, ec.ECDSA(alg))
         else:

@@ -158,3 +158,24 @@ def test_sign_time_errors(nested_file: Path, tmp_path: Path, rsa_signer, other_s
     assert v.reason == "cert-time" and "expired" in v.message
     assert not out.with_name(".s.dcm.tmp").exists()
     assert load_certificate(old.cert).not_valid_after_utc < dt.datetime.now(dt.UTC)
+
+
+@pytest.mark.parametrize("mac", ["SHA1", "SHA256", "SHA384", "SHA512", "RIPEMD160", "MD5"])
+def test_digest_info_fallback_table(mac: str) -> None:
+    """The DigestInfo prefixes used when `cryptography` lacks a hash recover real PKCS#1 v1.5 signatures."""
+    import hashlib
+
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa, utils
+
+    from medsec.integrity.keys import public_key_verify_digest_rsa
+    from medsec.integrity.macstream import MAC_ALGORITHMS
+    from medsec.integrity.signature import _DIGEST_INFO_PREFIX, _hash_algorithm
+
+    if not mac_available(mac):
+        pytest.skip(f"local OpenSSL lacks {mac}")
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    digest = hashlib.new(MAC_ALGORITHMS[mac], b"pixels").digest()
+    sig = key.sign(digest, padding.PKCS1v15(), utils.Prehashed(_hash_algorithm(mac)))
+    prefix = bytes.fromhex(_DIGEST_INFO_PREFIX[mac])
+    assert public_key_verify_digest_rsa(key.public_key(), sig, prefix + digest)
+    assert not public_key_verify_digest_rsa(key.public_key(), sig, prefix + bytes(len(digest)))
