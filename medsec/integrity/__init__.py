@@ -4,7 +4,7 @@ The gate's one entry point is `check(path, trust) -> Verdict` (`require_signed` 
 `sign_file` and `keygen` make signed files; `verify_dicom` gives per-signature reports.
 """
 
-from medsec.integrity.demo import tamper_demo
+from medsec.integrity.demo import tamper_demo, tamper_demo_markdown
 from medsec.integrity.gate import (
     EXIT_CODES,
     AuditLog,
@@ -34,5 +34,6 @@ __all__ = [
     "require_signed",
     "sign_file",
     "tamper_demo",
+    "tamper_demo_markdown",
     "verify_dicom",
 ]

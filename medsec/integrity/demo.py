@@ -127,3 +127,30 @@ def tamper_demo(
         "audit_log": str(audit),
         "trust": str(trust),
     }
+
+
+def tamper_demo_markdown(result: dict[str, Any]) -> str:
+    """A short Markdown section for the security report from a `tamper_demo` result."""
+    lines = [
+        "## Signed DICOM against an attacker inside the PACS",
+        "",
+        "Each clean test image was written as a DICOM file and signed (PS3.15 digital signature, "
+        "DCMTK-compatible); in copies, the Pixel Data was overwritten in place with the adversarial image, "
+        "leaving the signature as it was. The integrity gate then checked every file.",
+        "",
+        "| files | gate result |",
+        "|---|---|",
+        f"| untouched signed files | {result['untouched_passed']} / {result['untouched_total']} accepted |",
+        f"| files with adversarial pixels | {result['replaced_refused']} / {result['replaced_total']} refused |",
+    ]
+    if result.get("unchanged_by_attack"):
+        lines.append(f"| images the attack left unchanged | {result['unchanged_by_attack']} (not counted) |")
+    reasons: dict[str, int] = {}
+    for v in result["verdicts"]:
+        if v["kind"] == "replaced":
+            reasons[v["reason"]] = reasons.get(v["reason"], 0) + 1
+    lines += ["", "Refusal reasons: " + (", ".join(f"{k} {n}" for k, n in sorted(reasons.items())) or "none")
+              + f". Audit log: `{result['audit_log']}`."]
+    verdict = result["all_untouched_pass"] and result["all_replaced_refused"]
+    lines += ["", "**The countermeasure holds.**" if verdict else "**The countermeasure did NOT hold on this run.**"]
+    return "\n".join(lines) + "\n"

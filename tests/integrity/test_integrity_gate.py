@@ -12,7 +12,7 @@ from torch import nn
 
 from medsec.errors import MedsecError
 from medsec.integrity import AuditLog, Gate, RefusedError, check, require_signed
-from medsec.integrity.demo import replace_pixels_in_place, tamper_demo
+from medsec.integrity.demo import replace_pixels_in_place, tamper_demo, tamper_demo_markdown
 from medsec.integrity.infer import infer_file, to_model_input
 from medsec.integrity.samples import read_pixels, write_image_dicom
 from medsec.integrity.signature import sign_file
@@ -94,6 +94,8 @@ def test_tamper_demo(tmp_path: Path) -> None:
         a, b = orig.read_bytes(), Path(v["file"]).read_bytes()
         assert len(a) == len(b) and sum(x != y for x, y in zip(a, b, strict=True)) <= clean[i].size
     assert len(AuditLog(res["audit_log"]).read()) == 9
+    md = tamper_demo_markdown(res)
+    assert "| 5 / 5 accepted |" in md and "| 4 / 4 refused |" in md and "tampered 4" in md and "holds" in md
     # RGB and float input work too
     rgb = rng.random((2, 3, 6, 6)).astype(np.float32)
     res2 = tamper_demo(rgb, np.clip(rgb + 0.02, 0, 1), tmp_path / "rgb")
