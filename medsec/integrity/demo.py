@@ -18,7 +18,7 @@ import numpy as np
 from medsec.errors import MedsecError
 from medsec.integrity import rawdicom as rd
 from medsec.integrity.gate import Gate
-from medsec.integrity.keys import keygen
+from medsec.integrity.keys import keygen, load_certificate, load_private_key
 from medsec.integrity.samples import write_image_dicom
 from medsec.integrity.signature import sign_file
 
@@ -81,6 +81,8 @@ def tamper_demo(
         key, cert, trust = k.key, k.cert, k.trust_dir
     if trust is None:
         raise MedsecError("tamper_demo: a trust store is needed with your own key and cert")
+    signing_key = load_private_key(key, password)  # once: loading (and checking) an RSA key costs ~0.1 s
+    signing_cert = load_certificate(cert)
     for sub in ("signed", "replaced"):
         shutil.rmtree(work / sub, ignore_errors=True)
         (work / sub).mkdir(parents=True)
@@ -97,7 +99,7 @@ def tamper_demo(
         plain = write_image_dicom(work / "signed" / f"img{i:04d}.unsigned.dcm", c, instance_number=i + 1,
                                   study_uid=study, series_uid=series)
         signed = work / "signed" / f"img{i:04d}.dcm"
-        sign_file(plain, signed, key, cert, password=password, mac=mac)
+        sign_file(plain, signed, signing_key, signing_cert, mac=mac)
         plain.unlink()
         v = gate(signed)
         untouched_ok += v.ok
