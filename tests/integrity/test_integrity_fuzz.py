@@ -74,6 +74,22 @@ def test_single_byte_changes(which: str, seed: int, sample_dir: Path, tmp_path: 
         if v.reason == "unreadable":
             assert v.exit_code == 10 and v.message.startswith(f"{which}@{pos}:"), v.message
     assert seen["tampered"] >= 150
+    # the CLI's exit code is the verdict's: check a few mutated files end to end
+    from typer.testing import CliRunner
+
+    from medsec.cli import app
+
+    runner = CliRunner()
+    for k, pos in enumerate(probes[::30]):
+        buf = bytearray(data)
+        buf[pos] ^= 0xFF
+        f = tmp_path / f"mut{k}.dcm"
+        f.write_bytes(bytes(buf))
+        expected = check(f, trust).exit_code
+        r = runner.invoke(app, ["verify", str(f), "--trust", str(trust)])
+        assert r.exit_code == expected and "Traceback" not in r.output
+        if inside[pos]:
+            assert r.exit_code == 12
     # header bytes (lengths, VRs) of the data set make some mutations unreadable, told apart from tampering
     assert seen.get("unreadable", 0) > 0, seen
 
