@@ -26,7 +26,8 @@ def read_bytes(path: str | Path) -> bytes:
 
 
 def decode_pixels(data: bytes, source: str) -> tuple[np.ndarray, int]:
-    """(pixels as (C, H, W), bits stored) from Part-10 bytes; the first frame of a multi-frame image."""
+    """(pixels as (C, H, W), bits stored) from Part-10 bytes; the first frame of a multi-frame image.
+    MONOCHROME1 (white = 0) is inverted so that every image reaches the model as MONOCHROME2."""
     import pydicom
 
     try:
@@ -39,6 +40,11 @@ def decode_pixels(data: bytes, source: str) -> tuple[np.ndarray, int]:
         raise UnreadableFileError(f"{source}: cannot decode pixel data ({e})") from e
     if frames > 1:
         arr = arr[0]
+    if str(getattr(ds, "PhotometricInterpretation", "")).strip() == "MONOCHROME1":
+        if np.issubdtype(arr.dtype, np.unsignedinteger):
+            arr = (2 ** min(bits, 8 * arr.dtype.itemsize) - 1 - arr.astype(np.int64)).astype(arr.dtype)
+        else:
+            arr = arr.max() + arr.min() - arr
     arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1) if spp > 1 else arr
     return arr, bits
 

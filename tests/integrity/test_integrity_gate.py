@@ -103,3 +103,16 @@ def test_tamper_demo(tmp_path: Path) -> None:
     assert check(res2["verdicts"][0]["file"], res2["trust"]).ok
     with pytest.raises(MedsecError, match="same shape"):
         tamper_demo(clean, adv[:2], tmp_path / "bad")
+
+
+def test_monochrome1_is_inverted(tmp_path: Path) -> None:
+    import pydicom
+
+    from medsec.integrity.infer import decode_pixels
+
+    p = write_image_dicom(tmp_path / "m1.dcm", np.array([[[0, 10], [200, 255]]], np.uint8), nested=False)
+    ds = pydicom.dcmread(p)
+    ds.PhotometricInterpretation = "MONOCHROME1"
+    ds.save_as(p)
+    arr, bits = decode_pixels(p.read_bytes(), str(p))
+    assert bits == 8 and arr.tolist() == [[[255, 245], [55, 0]]]
