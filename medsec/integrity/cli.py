@@ -20,6 +20,9 @@ PasswordOpt = Annotated[
 ]
 
 
+EXIT_UNREADABLE_EMPTY = 10  # `verify` on folders holding no file: nothing can be vouched for
+
+
 def _fail(e: IntegrityError) -> SystemExit:
     """Print the error and give the SystemExit carrying its documented code.
 
@@ -90,7 +93,7 @@ def sign(
 
 
 def verify(
-    files: Annotated[list[Path], typer.Argument(help="DICOM files to verify.")],
+    files: Annotated[list[Path], typer.Argument(help="DICOM files (or folders of them) to verify.")],
     trust: Annotated[Path, typer.Option(help="Trusted certificate file or folder of certificates.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document instead of text.")] = False,
     audit_log: Annotated[Path | None, typer.Option(help="Append one JSON line per file to this log.")] = None,
@@ -100,9 +103,15 @@ def verify(
     from medsec.integrity import rawdicom as rd
     from medsec.integrity.gate import Gate
 
+    expanded: list[Path] = []
+    for f in files:  # a folder stands for every file below it, in name order
+        expanded.extend(sorted(p for p in f.rglob("*") if p.is_file()) if f.is_dir() else [f])
+    if not expanded:
+        err_console.print(f"error: no file to verify in {', '.join(map(str, files))}", style="bold red", markup=False)
+        raise SystemExit(EXIT_UNREADABLE_EMPTY)
     try:
         gate = Gate(trust, audit_log)
-        verdicts = [gate(f) for f in files]
+        verdicts = [gate(f) for f in expanded]
     except IntegrityError as e:
         raise _fail(e) from None
     if as_json:

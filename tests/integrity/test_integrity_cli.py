@@ -102,6 +102,17 @@ def test_every_bad_input_has_its_own_code(nested_file: Path, tmp_path: Path, rsa
     # several files: the first failing file's code
     assert run("verify", signed, files["untrusted"], files["tampered"], "--trust", trust)[0] == 13
     assert run("verify", tmp_path / "missing.dcm", "--trust", trust)[0] == 10
+    # a folder stands for the files below it
+    folder = tmp_path / "batch"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.dcm").write_bytes(signed.read_bytes())
+    (folder / "sub" / "b.dcm").write_bytes(signed.read_bytes())
+    code, out = run("verify", folder, "--trust", trust)
+    assert code == 0 and out.count("OK ") == 2
+    (folder / "sub" / "c.dcm").write_bytes(files["tampered"].read_bytes())
+    assert run("verify", folder, "--trust", trust)[0] == 12
+    (tmp_path / "empty").mkdir()
+    assert run("verify", tmp_path / "empty", "--trust", trust)[0] == 10
 
 
 def test_sign_time_errors(nested_file: Path, tmp_path: Path, rsa_signer, other_signer) -> None:
