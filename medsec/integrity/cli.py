@@ -45,6 +45,7 @@ def keygen(
     issuer_cert: Annotated[Path | None, typer.Option(help="CA certificate that issues this certificate.")] = None,
     issuer_password: Annotated[str | None, typer.Option(help="Password of the CA private key.")] = None,
     password: PasswordOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing NAME.key/NAME.pem.")] = False,
 ) -> None:
     """Make a key pair and certificate (self-signed, a CA, or issued by your CA) and a trust-store folder."""
     from medsec.integrity.keys import keygen as _keygen
@@ -54,7 +55,8 @@ def keygen(
     try:
         r = _keygen(out_dir, name=name, common_name=cn, kind=algorithm,  # type: ignore[arg-type]
                     bits=bits, curve=curve, days=days, ca=ca, issuer_key_path=issuer_key,
-                    issuer_cert_path=issuer_cert, issuer_password=issuer_password, password=password)
+                    issuer_cert_path=issuer_cert, issuer_password=issuer_password, password=password,
+                    force=force)
     except IntegrityError as e:
         raise _fail(e) from None
     console.print(f"private key  {r.key} (mode 0600{', encrypted' if password else ''})", markup=False)

@@ -341,12 +341,18 @@ def keygen(
     issuer_password: str | None = None,
     password: str | None = None,
     not_before: dt.datetime | None = None,
+    force: bool = False,
 ) -> KeygenResult:
     """Write OUT/NAME.key (0600) and OUT/NAME.pem, and put the certificate to trust into OUT/trust/.
 
     Three shapes: a self-signed signer (trust its own certificate), a CA (`ca=True`: trust the CA), or
-    a signer issued by a CA (`issuer_key_path`/`issuer_cert_path`: the CA certificate goes to trust/)."""
+    a signer issued by a CA (`issuer_key_path`/`issuer_cert_path`: the CA certificate goes to trust/).
+    An existing NAME.key/NAME.pem is never overwritten unless `force`."""
     out = Path(out_dir)
+    if not force:
+        for existing in (out / f"{name}.key", out / f"{name}.pem"):
+            if existing.exists():
+                raise KeyFileError(f"{existing} already exists: choose another --name or folder, or --force")
     key = generate_key(kind, bits, curve)
     issuer_key = issuer_cert = None
     if (issuer_key_path is None) != (issuer_cert_path is None):

@@ -34,6 +34,9 @@ def test_round_trip_through_the_cli(nested_file: Path, tmp_path: Path) -> None:
     assert code == 0 and "trust store" in out
     key = tmp_path / "keys" / "signer.key"
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    before = key.read_bytes()
+    code, out = run("keygen", tmp_path / "keys")  # never silently replaces a key
+    assert code == 24 and "already exists" in out and key.read_bytes() == before
     signed = tmp_path / "signed.dcm"
     code, out = run("sign", nested_file, signed, "--key", key, "--cert", tmp_path / "keys" / "signer.pem",
                     "--password", "pw", "--profile", "creator", "--mac", "sha384")
