@@ -29,7 +29,6 @@ from medsec.integrity import rawdicom as rd
 from medsec.integrity.errors import (
     CertificateValidityError,
     IntegrityError,
-    KeyFileError,
     ProfileError,
 )
 from medsec.integrity.keys import (
@@ -346,13 +345,14 @@ def sign_file(
     res = sign_dicom(df, k, c, profile=profile, mac=mac, tags=tag_ints, item=item, now=now)
     out = Path(out_path)
     data = rd.serialize(df)
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
         tmp.write_bytes(data)
         os.replace(tmp, out)
     except OSError as e:
-        raise KeyFileError(f"cannot write {out}: {e.strerror or e}") from e
+        tmp.unlink(missing_ok=True)
+        raise IntegrityError(f"cannot write {out}: {e.strerror or e}") from e
     res.output = out
     return res
 

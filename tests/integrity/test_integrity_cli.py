@@ -154,3 +154,11 @@ def test_module_entry_point_keeps_exit_codes(nested_file: Path) -> None:
 def test_usage_errors_are_not_tracebacks(args: list[str]) -> None:
     code, _ = run(*args)
     assert code == 2
+
+
+def test_sign_to_unwritable_place(nested_file: Path, tmp_path: Path, rsa_signer) -> None:
+    (tmp_path / "out").mkdir()
+    code, msg = run("sign", nested_file, tmp_path / "out", "--key", rsa_signer.key, "--cert", rsa_signer.cert)
+    assert code == 2 and "cannot write" in msg
+    assert list((tmp_path / "out").iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == [
+        "nested.dcm", "out"]
