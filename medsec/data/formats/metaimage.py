@@ -142,6 +142,7 @@ def write_metaimage(path: Path, volume: np.ndarray, spacing: tuple[float, float,
                     direction: tuple[float, ...] = (1, 0, 0, 0, 1, 0, 0, 0, 1)) -> Path:
     """Write `volume` [k, j, i] as path (.mhd) + path.with_suffix('.raw'), LUNA16 style (MET_SHORT for int16)."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     inv = {np.dtype(v).str[1:]: k for k, v in ELEMENT_TYPES.items() if k not in ("MET_LONG", "MET_ULONG")}
     vol = np.ascontiguousarray(volume)
     etype = inv[vol.dtype.newbyteorder("<").str[1:]]

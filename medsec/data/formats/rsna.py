@@ -9,13 +9,15 @@ Layout (as Kaggle's rsna-pneumonia-detection-challenge.zip unpacks)::
 counts its boxes. Only the labelled training images are used (the challenge's test labels were never
 published): they are split by patientId, 70/10/20 by default. DICOM pixels: the modality LUT is
 applied, MONOCHROME1 is inverted, 8-bit data is kept as is and deeper data is mapped through the
-file's first VOI window (or its min-max when there is none) to 0..255, then resized to size².
+file's first VOI window [centre - width/2, centre + width/2] (or the image's min-max when there is
+none) to 0..255, then resized to size².
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -48,11 +50,18 @@ def _stage(p: Path) -> str | None:
     return None
 
 
+def _first(v: Any) -> float:
+    """The first value of a possibly multi-valued DICOM element, as a float."""
+    from pydicom.multival import MultiValue
+
+    return float(v[0] if isinstance(v, list | tuple | MultiValue) else v)
+
+
 def dicom_to_uint8(path: Path, what: str) -> np.ndarray:
     """Read a DICOM image as a 2-D (or H, W, 3) uint8 array (see the module doc for the intensity rule)."""
     import pydicom
     from pydicom.errors import InvalidDicomError
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    from pydicom.pixels import apply_modality_lut
 
     try:
         ds = pydicom.dcmread(path)
@@ -61,19 +70,20 @@ def dicom_to_uint8(path: Path, what: str) -> np.ndarray:
         raise DataError(f"{what}: DICOM file {path} does not exist") from e
     except (InvalidDicomError, OSError, ValueError, AttributeError, RuntimeError, NotImplementedError) as e:
         raise DataError(f"{what}: cannot read DICOM pixels from {path}: {e}") from e
-    if arr.ndim == 3 and arr.shape[-1] != 3:  # multi-frame: the first frame
+    if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:  # multi-frame: the first frame
         arr = arr[0]
     photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2"))
-    if arr.ndim == 3:  # colour
+    if arr.ndim == 3:  # colour (pydicom converts YBR to RGB)
         return arr.astype(np.uint8) if arr.dtype == np.uint8 else to_uint8(arr)
-    bits = int(getattr(ds, "BitsStored", 8) or 8)
-    if bits <= 8 and arr.dtype == np.uint8 and "RescaleSlope" not in ds:
+    if arr.dtype == np.uint8 and "RescaleSlope" not in ds and "WindowCenter" not in ds:
         out = arr
     else:
-        vals = apply_modality_lut(arr, ds)
+        vals = np.asarray(apply_modality_lut(arr, ds), dtype=np.float64)
         if "WindowCenter" in ds and "WindowWidth" in ds:
-            vals = apply_voi_lut(vals, ds, index=0)
-        out = to_uint8(vals)
+            centre, width = _first(ds.WindowCenter), _first(ds.WindowWidth)
+            out = to_uint8(vals, centre - width / 2, centre + width / 2)
+        else:
+            out = to_uint8(vals)
     if photometric == "MONOCHROME1":
         out = 255 - out
     return np.ascontiguousarray(out, dtype=np.uint8)
