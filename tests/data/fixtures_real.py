@@ -150,7 +150,7 @@ def make_rsna(root: Path, *, n_patients: int = 12) -> RealFixture:
     rows: list[list[Any]] = []
     for i in range(n_patients):
         pid = f"{i:04x}a1b2-c3d4-4e5f-8a9b-{i:012d}"
-        value = 20 + 15 * i
+        value = 20 + i * max(2, 230 // n_patients)
         target = i % 2
         if target:
             rows += [[pid, 264.0, 152.0, 213.0, 379.0, 1], [pid, 562.0, 152.0, 256.0, 453.0, 1]]
@@ -216,7 +216,7 @@ def make_lgg(root: Path, *, n_patients: int = 6, slices: int = 3) -> RealFixture
     fx = RealFixture(base)
     value = 10
     cases = [(p, f"TCGA_{'CS' if p % 2 else 'DU'}_{4900 + p}_{19960909 + p}") for p in range(n_patients)]
-    cases.append((0, f"TCGA_CS_4900_{20010101}"))
+    cases.append((0, "TCGA_DU_4900_20010101"))  # a second dated session of the first patient
     for p, case in cases:
         d = base / case
         d.mkdir(parents=True, exist_ok=True)
