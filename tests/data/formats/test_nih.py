@@ -109,7 +109,7 @@ def test_missing_folder_and_empty_split(tmp_path):
 def test_rgba_and_16bit_png_become_grayscale(tmp_path):
     fx = make_nih(tmp_path)
     img = fx.root / "images_001" / "images" / "00000001_000.png"
-    Image.fromarray((np.arange(48 * 48, dtype=np.uint16).reshape(48, 48) * 20)).save(img)
+    Image.fromarray(np.arange(48 * 48, dtype=np.uint16).reshape(48, 48) * 20).save(img)
     ds = load_dataset("chest14", data_root=tmp_path, size=16, cache_dir=tmp_path / "c")
     assert ds.image_shape == (1, 16, 16)
     allpx = np.concatenate([ds.split(s).pixels for s in ("train", "val", "test")])
