@@ -309,6 +309,35 @@ def assemble(info: DatasetInfo, records: Sequence[Record], decode: Decoder, *, s
     return ds
 
 
+def limit_records(records: Sequence[Record], max_images: int | None, seed: int) -> list[Record]:
+    """At most `max_images` records per split, drawn with the seed (for quick runs on big datasets);
+    the splits stay patient-disjoint because each is thinned on its own."""
+    if max_images is None:
+        return list(records)
+    if int(max_images) < 1:
+        raise DataError(f"max_images must be at least 1, got {max_images}")
+    out: list[Record] = []
+    for s in SPLITS:
+        idx = [i for i, r in enumerate(records) if r.split == s]
+        if len(idx) > max_images:
+            idx = sorted(_rng(seed, f"limit-{s}").choice(idx, size=int(max_images), replace=False).tolist())
+        out += [records[i] for i in idx]
+    return out
+
+
+def finish(info: DatasetInfo, folder: Path, records: Sequence[Record], decode: Decoder, *, size: int,
+           seed: int, options: dict[str, Any], index_files: Sequence[Path], hints: dict[str, str],
+           max_images: int | None, workers: int | None, cache: bool, cache_dir: str | Path | None
+           ) -> MedicalDataset:
+    """The common tail of every reader: thin to `max_images`, then decode (or read the cache)."""
+    recs = limit_records(records, max_images, seed)
+    files = [*index_files, *(f for r in recs for f in r.files)]
+    opts = {**options, "max_images": max_images}
+    return with_cache(info, folder, size, seed, opts, files,
+                      lambda: assemble(info, recs, decode, size=size, what=info.name, empty_hint=hints,
+                                       workers=workers), cache=cache, cache_dir=cache_dir)
+
+
 # ------------------------------------------------------------------------------------------------ cache
 def fingerprint(files: Iterable[Path]) -> str:
     """A digest of the (path, size, mtime) of `files`: changes when any file is added, removed or edited."""

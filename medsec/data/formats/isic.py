@@ -24,7 +24,7 @@ import numpy as np
 from medsec.data.base import MedicalDataset
 from medsec.data.formats.common import (
     Record,
-    assemble,
+    finish,
     fit_image,
     fit_mask,
     group_split,
@@ -33,7 +33,6 @@ from medsec.data.formats.common import (
     open_image,
     read_csv,
     warn_skipped,
-    with_cache,
 )
 from medsec.data.formats.infos import real_info
 from medsec.errors import DataError
@@ -79,7 +78,8 @@ def _scan(folder: Path, split: str, part: str, what: str) -> list[Record]:
 
 
 def read_isic(name: str, root: Path, *, size: int, seed: int, val_fraction: float = 0.15, fit: str = "squash",
-              workers: int | None = None, cache: bool = True, cache_dir: str | Path | None = None
+              max_images: int | None = None, workers: int | None = None, cache: bool = True,
+              cache_dir: str | Path | None = None
               ) -> MedicalDataset:
     """Read ISIC 2017 as `isic` (segmentation targets; extra['label'] 0 benign / 1 malignant)."""
     what = name
@@ -111,6 +111,6 @@ def read_isic(name: str, root: Path, *, size: int, seed: int, val_fraction: floa
     hints = {s: f"{folder}/ISIC-2017_{p}_Data with its Part1 masks and Part3 CSV" for s, p in PARTS.items()}
     opts = {"val_fraction": val_fraction, "fit": fit}
     csvs = [c for c in (folder / f"ISIC-2017_{p}_Part3_GroundTruth.csv" for p in PARTS.values()) if c.is_file()]
-    return with_cache(info, folder, size, seed, opts, [*csvs, *(f for r in records for f in r.files)],
-                      lambda: assemble(info, records, decode, size=size, what=what, empty_hint=hints,
-                                       workers=workers), cache=cache, cache_dir=cache_dir)
+    return finish(info, folder, records, decode, size=size, seed=seed, options=opts,
+                  index_files=csvs, hints=hints, max_images=max_images,
+                  workers=workers, cache=cache, cache_dir=cache_dir)

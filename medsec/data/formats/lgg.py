@@ -22,14 +22,13 @@ from PIL import Image
 from medsec.data.base import MedicalDataset
 from medsec.data.formats.common import (
     Record,
-    assemble,
+    finish,
     fit_image,
     fit_mask,
     group_split,
     locate,
     open_image,
     warn_skipped,
-    with_cache,
 )
 from medsec.data.formats.infos import real_info
 from medsec.errors import DataError
@@ -51,7 +50,8 @@ def patient_of(case: str) -> str:
 
 def read_lgg(name: str, root: Path, *, size: int, seed: int, channel: int = 1, lesion_only: bool = False,
              fractions: tuple[float, float, float] = (0.7, 0.1, 0.2), fit: str = "squash",
-             workers: int | None = None, cache: bool = True, cache_dir: str | Path | None = None
+             max_images: int | None = None, workers: int | None = None, cache: bool = True,
+             cache_dir: str | Path | None = None
              ) -> MedicalDataset:
     """Read the LGG FLAIR slices and masks as `brain-mri`; `lesion_only` keeps only slices with tumour."""
     what = name
@@ -98,6 +98,6 @@ def read_lgg(name: str, root: Path, *, size: int, seed: int, channel: int = 1, l
 
     hints = {s: f"patients with slices under {folder}/TCGA_*/" for s in ("train", "val", "test")}
     opts = {"channel": channel, "lesion_only": lesion_only, "fractions": list(fractions), "fit": fit}
-    return with_cache(info, folder, size, seed, opts, [f for r in records for f in r.files],
-                      lambda: assemble(info, records, decode, size=size, what=what, empty_hint=hints,
-                                       workers=workers), cache=cache, cache_dir=cache_dir)
+    return finish(info, folder, records, decode, size=size, seed=seed, options=opts,
+                  index_files=[], hints=hints, max_images=max_images,
+                  workers=workers, cache=cache, cache_dir=cache_dir)

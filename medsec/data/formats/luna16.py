@@ -30,13 +30,12 @@ from scipy.ndimage import map_coordinates
 from medsec.data.base import MedicalDataset
 from medsec.data.formats.common import (
     Record,
-    assemble,
+    finish,
     group_split,
     locate,
     read_csv,
     to_uint8,
     warn_skipped,
-    with_cache,
 )
 from medsec.data.formats.infos import real_info
 from medsec.data.formats.metaimage import MetaImage, read_header
@@ -106,7 +105,8 @@ def read_luna16(name: str, root: Path, *, size: int, seed: int, malignancy_csv: 
                 malignancy_column: str = "malignancy", benign_max: float = 2.0, malignant_min: float = 4.0,
                 merge_mm: float = 5.0, match_annotations: bool = True, crop_mm: float = 64.0,
                 window_center: float = -600.0, window_width: float = 1500.0,
-                fractions: tuple[float, float, float] = (0.7, 0.1, 0.2), workers: int | None = None,
+                fractions: tuple[float, float, float] = (0.7, 0.1, 0.2), max_images: int | None = None,
+                workers: int | None = None,
                 cache: bool = True, cache_dir: str | Path | None = None) -> MedicalDataset:
     """Read LUNA16 nodules as `ct-slices` with benign/malignant labels from a malignancy CSV (module doc)."""
     what = name
@@ -183,7 +183,6 @@ def read_luna16(name: str, root: Path, *, size: int, seed: int, malignancy_csv: 
     opts = {"malignancy_csv": str(mpath), "column": malignancy_column, "benign_max": benign_max,
             "malignant_min": malignant_min, "merge_mm": merge_mm, "match": match_annotations,
             "crop_mm": crop_mm, "window": [window_center, window_width], "fractions": list(fractions)}
-    files = [mpath, *([ann_path] if match_annotations else []), *(f for r in records for f in r.files)]
-    return with_cache(info, folder, size, seed, opts, files,
-                      lambda: assemble(info, records, decode, size=size, what=what, empty_hint=hints,
-                                       workers=workers), cache=cache, cache_dir=cache_dir)
+    return finish(info, folder, records, decode, size=size, seed=seed, options=opts,
+                  index_files=[mpath, *([ann_path] if match_annotations else [])], hints=hints, max_images=max_images,
+                  workers=workers, cache=cache, cache_dir=cache_dir)

@@ -25,8 +25,8 @@ import numpy as np
 from medsec.data.base import MedicalDataset
 from medsec.data.formats.common import (
     Record,
-    assemble,
     drop_overlap,
+    finish,
     fit_image,
     group_split,
     locate,
@@ -35,7 +35,6 @@ from medsec.data.formats.common import (
     read_csv,
     read_list,
     warn_skipped,
-    with_cache,
 )
 from medsec.data.formats.infos import CHEST14_FINDINGS, real_info
 from medsec.errors import DataError
@@ -93,7 +92,8 @@ def _parse_findings(text: str, csv_path: Path, image: str) -> np.ndarray:
 
 def read_nih(name: str, root: Path, *, size: int, seed: int, split: str = "auto", val_fraction: float = 0.1,
              fractions: tuple[float, float, float] = (0.7, 0.1, 0.2), fit: str = "squash",
-             workers: int | None = None, cache: bool = True, cache_dir: str | Path | None = None
+             max_images: int | None = None, workers: int | None = None, cache: bool = True,
+             cache_dir: str | Path | None = None
              ) -> MedicalDataset:
     """Read ChestX-ray14 as `chest14` or `chest2`. `split` picks the split source (see module doc);
     `val_fraction` is the share of train_val patients held out for validation with the official lists;
@@ -189,7 +189,6 @@ def read_nih(name: str, root: Path, *, size: int, seed: int, split: str = "auto"
 
     hints = {s: f"{mode} split; images expected under {folder}/images_*/" for s in ("train", "val", "test")}
     opts = {"split": mode, "val_fraction": val_fraction, "fractions": list(fractions), "fit": fit}
-    files = [csv_path, *(lists or []), *(r.files[0] for r in records)]
-    return with_cache(info, folder, size, seed, opts, files,
-                      lambda: assemble(info, records, decode, size=size, what=what, empty_hint=hints,
-                                       workers=workers), cache=cache, cache_dir=cache_dir)
+    return finish(info, folder, records, decode, size=size, seed=seed, options=opts,
+                  index_files=[csv_path, *(lists or [])], hints=hints, max_images=max_images,
+                  workers=workers, cache=cache, cache_dir=cache_dir)

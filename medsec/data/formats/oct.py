@@ -23,13 +23,12 @@ import numpy as np
 from medsec.data.base import MedicalDataset
 from medsec.data.formats.common import (
     Record,
-    assemble,
     drop_overlap,
+    finish,
     fit_image,
     group_split,
     locate,
     open_image,
-    with_cache,
 )
 from medsec.data.formats.infos import OCT_CLASSES, real_info
 from medsec.errors import DataError
@@ -60,7 +59,8 @@ def _scan(folder: Path, split_dir: str, what: str) -> list[Record]:
 
 
 def read_oct(name: str, root: Path, *, size: int, seed: int, val_fraction: float = 0.1, fit: str = "squash",
-             workers: int | None = None, cache: bool = True, cache_dir: str | Path | None = None
+             max_images: int | None = None, workers: int | None = None, cache: bool = True,
+             cache_dir: str | Path | None = None
              ) -> MedicalDataset:
     """Read Kermany OCT as `oct`: official test, patient-wise validation carved from train."""
     what = name
@@ -87,6 +87,6 @@ def read_oct(name: str, root: Path, *, size: int, seed: int, val_fraction: float
     hints = {"train": f"{folder}/train/<class>/*.jpeg", "val": f"patients of {folder}/train/",
              "test": f"{folder}/test/<class>/*.jpeg"}
     opts = {"val_fraction": val_fraction, "fit": fit}
-    return with_cache(info, folder, size, seed, opts, [r.files[0] for r in records],
-                      lambda: assemble(info, records, decode, size=size, what=what, empty_hint=hints,
-                                       workers=workers), cache=cache, cache_dir=cache_dir)
+    return finish(info, folder, records, decode, size=size, seed=seed, options=opts,
+                  index_files=[], hints=hints, max_images=max_images,
+                  workers=workers, cache=cache, cache_dir=cache_dir)

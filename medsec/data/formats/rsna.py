@@ -25,14 +25,13 @@ from PIL import Image
 from medsec.data.base import MedicalDataset
 from medsec.data.formats.common import (
     Record,
-    assemble,
+    finish,
     fit_image,
     group_split,
     locate,
     read_csv,
     to_uint8,
     warn_skipped,
-    with_cache,
 )
 from medsec.data.formats.infos import real_info
 from medsec.errors import DataError
@@ -91,7 +90,8 @@ def dicom_to_uint8(path: Path, what: str) -> np.ndarray:
 
 def read_rsna(name: str, root: Path, *, size: int, seed: int,
               fractions: tuple[float, float, float] = (0.7, 0.1, 0.2), fit: str = "squash",
-              workers: int | None = None, cache: bool = True, cache_dir: str | Path | None = None
+              max_images: int | None = None, workers: int | None = None, cache: bool = True,
+              cache_dir: str | Path | None = None
               ) -> MedicalDataset:
     """Read the RSNA pneumonia training set as `rsna`, split by patient with `fractions`."""
     what = name
@@ -133,6 +133,6 @@ def read_rsna(name: str, root: Path, *, size: int, seed: int,
 
     hints = {s: f"patients of {csv_path.name} with a DICOM in {img_dir}" for s in ("train", "val", "test")}
     opts = {"fractions": list(fractions), "fit": fit}
-    return with_cache(info, folder, size, seed, opts, [csv_path, *(r.files[0] for r in records)],
-                      lambda: assemble(info, records, decode, size=size, what=what, empty_hint=hints,
-                                       workers=workers), cache=cache, cache_dir=cache_dir)
+    return finish(info, folder, records, decode, size=size, seed=seed, options=opts,
+                  index_files=[csv_path], hints=hints, max_images=max_images,
+                  workers=workers, cache=cache, cache_dir=cache_dir)

@@ -104,3 +104,15 @@ def test_cache_reuses_and_invalidates(tmp_path):
     assert current.stat().st_size > 1000  # rewritten
     e = read_dataset("isic", tmp_path, size=16, seed=0, cache=False)
     np.testing.assert_array_equal(c.train.pixels, e.train.pixels)
+
+
+def test_max_images_thins_each_split(tmp_path):
+    make_oct(tmp_path, train_patients=6)
+    full = read_dataset("oct", tmp_path, size=16, seed=0, cache=False)
+    small = read_dataset("oct", tmp_path, size=16, seed=0, max_images=3, cache=False)
+    assert [len(small.split(s)) for s in ("train", "val", "test")] == [3, 3, 3]
+    assert set(small.train.patient_ids.tolist()) <= set(full.train.patient_ids.tolist())
+    again = read_dataset("oct", tmp_path, size=16, seed=0, max_images=3, cache=False)
+    np.testing.assert_array_equal(small.train.pixels, again.train.pixels)
+    with pytest.raises(DataError, match="max_images must be at least 1"):
+        read_dataset("oct", tmp_path, size=16, seed=0, max_images=0)
