@@ -99,13 +99,14 @@ def read_isic(name: str, root: Path, *, size: int, seed: int, val_fraction: floa
     info = real_info(name)
 
     def decode(r: Record) -> tuple[np.ndarray, np.ndarray]:
-        img = open_image(r.files[0], what)
+        img = open_image(r.files[0], what, draft=size)
         m = np.asarray(open_image(r.files[1], what))
         if m.ndim == 3:
             m = m.max(axis=-1)
-        if m.shape != (img.size[1], img.size[0]):
+        w, h = img.info["original_size"]
+        if m.shape != (h, w):
             raise DataError(f"{what}: mask {r.files[1]} is {m.shape[1]}x{m.shape[0]}, "
-                            f"its image {r.files[0]} is {img.size[0]}x{img.size[1]}")
+                            f"its image {r.files[0]} is {w}x{h}")
         return fit_image(img, size, 3, fit), fit_mask(m, size, fit)
 
     hints = {s: f"{folder}/ISIC-2017_{p}_Data with its Part1 masks and Part3 CSV" for s, p in PARTS.items()}

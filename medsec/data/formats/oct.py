@@ -82,7 +82,7 @@ def read_oct(name: str, root: Path, *, size: int, seed: int, val_fraction: float
     info = real_info(name)
 
     def decode(r: Record) -> tuple[np.ndarray, None]:
-        return fit_image(open_image(r.files[0], what), size, 1, fit), None
+        return fit_image(open_image(r.files[0], what, draft=size), size, 1, fit), None
 
     hints = {"train": f"{folder}/train/<class>/*.jpeg", "val": f"patients of {folder}/train/",
              "test": f"{folder}/test/<class>/*.jpeg"}

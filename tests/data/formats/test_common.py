@@ -116,3 +116,18 @@ def test_max_images_thins_each_split(tmp_path):
     np.testing.assert_array_equal(small.train.pixels, again.train.pixels)
     with pytest.raises(DataError, match="max_images must be at least 1"):
         read_dataset("oct", tmp_path, size=16, seed=0, max_images=0)
+
+
+def test_open_image_drafts_large_jpegs(tmp_path):
+    from medsec.data.formats.common import open_image
+
+    p = tmp_path / "big.jpg"
+    Image.fromarray(np.full((600, 800, 3), 90, np.uint8)).save(p, "JPEG", quality=95)
+    im = open_image(p, "t", draft=64)
+    assert im.info["original_size"] == (800, 600)
+    assert 64 <= min(im.size) and im.size[0] <= 200  # decoded at 1/4 or 1/8 scale, never below 64
+    assert abs(int(np.asarray(im).mean()) - 90) <= 1
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    with pytest.raises(DataError, match=r"cannot read image .*bad\.png"):
+        open_image(bad, "t")
