@@ -11,7 +11,7 @@ import pytest
 from medsec.data import load_dataset
 from medsec.errors import DataError
 from tests.data.fixtures_real import make_isic
-from tests.data.formats.conftest import assert_interface, image_ids, nearest_id
+from tests.data.formats.helpers import assert_interface, image_ids, nearest_id
 
 
 def test_isic_masks_labels_splits(tmp_path):

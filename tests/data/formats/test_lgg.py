@@ -9,7 +9,7 @@ from medsec.data import load_dataset
 from medsec.data.formats import read_dataset
 from medsec.errors import DataError
 from tests.data.fixtures_real import make_lgg
-from tests.data.formats.conftest import assert_interface, assert_no_patient_leak, image_ids, nearest_id
+from tests.data.formats.helpers import assert_interface, assert_no_patient_leak, image_ids, nearest_id
 
 
 def test_brain_mri_flair_masks_and_patients(tmp_path, caplog):

@@ -10,7 +10,7 @@ from medsec.data.formats import read_dataset
 from medsec.data.formats.metaimage import read_header, write_metaimage
 from medsec.errors import DataError
 from tests.data.fixtures_real import make_luna16
-from tests.data.formats.conftest import assert_interface, assert_no_patient_leak
+from tests.data.formats.helpers import assert_interface, assert_no_patient_leak
 
 
 def test_metaimage_roundtrip_and_transform(tmp_path):

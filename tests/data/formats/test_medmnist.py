@@ -9,7 +9,7 @@ from medsec.data import load_dataset
 from medsec.data.formats.medmnist import MEDMNIST, choose_file
 from medsec.errors import DataError
 from tests.data.fixtures_real import make_medmnist
-from tests.data.formats.conftest import assert_interface
+from tests.data.formats.helpers import assert_interface
 
 
 def test_medmnist_official_splits_and_tasks(tmp_path):

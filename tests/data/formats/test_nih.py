@@ -12,7 +12,7 @@ from medsec.data import load_dataset
 from medsec.data.formats.infos import CHEST14_FINDINGS
 from medsec.errors import DataError
 from tests.data.fixtures_real import make_nih
-from tests.data.formats.conftest import assert_interface, assert_no_patient_leak, image_ids, nearest_id
+from tests.data.formats.helpers import assert_interface, assert_no_patient_leak, image_ids, nearest_id
 
 
 def test_chest14_official_lists(tmp_path):

@@ -9,7 +9,7 @@ import pytest
 from medsec.data import load_dataset
 from medsec.errors import DataError
 from tests.data.fixtures_real import make_oct
-from tests.data.formats.conftest import assert_interface, assert_no_patient_leak, image_ids, nearest_id
+from tests.data.formats.helpers import assert_interface, assert_no_patient_leak, image_ids, nearest_id
 
 
 def test_oct_labels_and_splits(tmp_path, caplog):
