@@ -57,16 +57,18 @@ def reader_options(name: str) -> dict[str, Any]:
         raise DataError(f"no real-data reader for {name!r}; readers exist for {', '.join(real_datasets())}")
     sig = inspect.signature(READERS[name])
     return {k: p.default for k, p in sig.parameters.items()
-            if p.kind is inspect.Parameter.KEYWORD_ONLY and k not in ("size", "seed")}
+            if p.kind is inspect.Parameter.KEYWORD_ONLY and k not in ("size", "seed", "cache_dir")}
 
 
-def read_dataset(name: str, root: Path, *, size: int, seed: int, **options: Any) -> MedicalDataset:
+def read_dataset(name: str, root: Path, *, size: int, seed: int, cache_dir: str | Path | None = None,
+                 **options: Any) -> MedicalDataset:
     """Read the real dataset `name` from `root` (the dataset's folder, or a folder holding it up to two
     levels down), resized to size x size, with patient-level splits drawn from `seed`.
 
     `options` go to the dataset's reader (see reader_options(name)); common ones: fit
     ("squash" | "crop" | "pad"), workers (decoding threads), cache (reuse decoded images, default
-    True), cache_dir. Unknown options are an error, not ignored."""
+    True). `cache_dir` is where decoded datasets are cached (default: medsec.paths.cache_root();
+    MedMNIST files are read directly and never cached). Unknown options are an error, not ignored."""
     allowed = reader_options(name)
     unknown = sorted(set(options) - set(allowed))
     if unknown:
@@ -79,4 +81,4 @@ def read_dataset(name: str, root: Path, *, size: int, seed: int, **options: Any)
     reader = READERS[name]
     if reader is read_medmnist:
         return read_medmnist(name, Path(root), size=int(size), seed=int(seed))
-    return reader(name, Path(root), size=int(size), seed=int(seed), **options)
+    return reader(name, Path(root), size=int(size), seed=int(seed), cache_dir=cache_dir, **options)
