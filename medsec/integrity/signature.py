@@ -50,7 +50,6 @@ from medsec.integrity.macstream import (
     MAC_ID,
     MAC_PARAMETERS_SEQ,
     MAC_TS,
-    PURPOSE_CODE_SEQ,
     SIGNATURE,
     SIGNATURE_DATETIME,
     SIGNATURE_UID,
@@ -565,7 +564,3 @@ def verify_dicom(df: rd.DicomFile, trust: TrustStore | None, at: dt.datetime | N
         out.extend(verify_dataset(ds, loc, trust, at))
     return out
 
-
-def purpose_code_present(it: rd.Item) -> bool:
-    """Whether a signature item carries a Digital Signature Purpose Code Sequence."""
-    return it.find(PURPOSE_CODE_SEQ) is not None
