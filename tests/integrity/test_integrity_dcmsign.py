@@ -153,3 +153,29 @@ def test_stream_matches_dump_for_jpeg_item_and_purpose(jpeg_file: Path, nested_f
     sign_file(jpeg_file, signed, rsa_signer.key, rsa_signer.cert)
     assert dcm_verify(signed, rsa_signer.cert) == 0
     assert check(signed, rsa_signer.trust).ok
+
+
+def test_undefined_length_sequences(nested_file: Path, tmp_path: Path, rsa_signer) -> None:
+    """Undefined-length sequences/items stay undefined; signing inside them keeps dcmsign happy."""
+    df = rd.read(str(nested_file))
+    outer = df.find(0x00081032)
+    outer.length = rd.UNDEFINED
+    for it in outer.items:
+        it.undefined_length = True
+        inner = it.find(0x0040A043)
+        inner.length = rd.UNDEFINED
+        for it2 in inner.items:
+            it2.undefined_length = True
+    src = tmp_path / "undef.dcm"
+    src.write_bytes(rd.serialize(df))
+    assert dcmsign("--verify", src).returncode == 0  # a well-formed file for DCMTK too
+    df = rd.read(str(src))
+    seq = df.find(0x00081032)
+    assert seq.undefined_length and seq.items[0].undefined_length
+    out = tmp_path / "signed.dcm"
+    sign_file(src, out, rsa_signer.key, rsa_signer.cert, item="ProcedureCodeSequence[0].ConceptNameCodeSequence[0]")
+    sign_file(out, out, rsa_signer.key, rsa_signer.cert)
+    assert rd.read(str(out)).find(0x00081032).undefined_length
+    r = dcmsign("--verify", "+rg", "+cf", rsa_signer.cert, out)
+    assert r.returncode == 0 and r.stderr.count("Signature Verification : OK") == 2, r.stderr
+    assert check(out, rsa_signer.trust).ok
