@@ -179,3 +179,26 @@ def test_undefined_length_sequences(nested_file: Path, tmp_path: Path, rsa_signe
     r = dcmsign("--verify", "+rg", "+cf", rsa_signer.cert, out)
     assert r.returncode == 0 and r.stderr.count("Signature Verification : OK") == 2, r.stderr
     assert check(out, rsa_signer.trust).ok
+
+
+def test_implicit_vr_files_both_ways(nested_file: Path, tmp_path: Path, rsa_signer) -> None:
+    """An implicit VR little endian file: dcmsign signs it in place (MAC over the explicit VR encoding)
+    and medsec verifies it; medsec re-encodes it to explicit VR LE, signs, and dcmsign verifies."""
+    import pydicom
+
+    ds = pydicom.dcmread(nested_file)
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+    imp = tmp_path / "implicit.dcm"
+    ds.save_as(imp, implicit_vr=True, little_endian=True, enforce_file_format=True)
+    by_dcmtk, dump = tmp_path / "dcmtk.dcm", tmp_path / "dump.bin"
+    r = dcmsign("--sign", rsa_signer.key, rsa_signer.cert, "-pw", "+m2", "+d", dump, imp, by_dcmtk)
+    assert r.returncode == 0, r.stderr
+    assert pydicom.dcmread(by_dcmtk).file_meta.TransferSyntaxUID == pydicom.uid.ImplicitVRLittleEndian
+    v = check(by_dcmtk, rsa_signer.trust)
+    assert v.ok, v.message
+    df = rd.read(str(by_dcmtk))
+    assert mac_stream(df.dataset, v.signatures[0].signed_tags, df.find(DIGITAL_SIGNATURES_SEQ).items[0]) == (
+        dump.read_bytes())
+    by_medsec = tmp_path / "medsec.dcm"
+    sign_file(imp, by_medsec, rsa_signer.key, rsa_signer.cert)
+    assert dcm_verify(by_medsec, rsa_signer.cert) == 0
