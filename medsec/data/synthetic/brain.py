@@ -121,7 +121,7 @@ def generate_brain(n: int, size: int, rng: np.random.Generator, difficulty: floa
         pix[sl] = to_uint8(img)
         masks[sl] = mask
     return Split(pixels=pix[:, None], targets=masks, patient_ids=pids,
-                 extra={"has_lesion": masks.reshape(n, -1).any(axis=1).astype(np.int64)})
+                 extra={"has_lesion": np.asarray(masks.reshape(n, -1).any(axis=1), dtype=np.int64)})
 
 
 register(SyntheticSpec(

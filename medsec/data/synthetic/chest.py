@@ -190,7 +190,7 @@ def _render(
     clav_y = -0.72 + 0.12 * (ax - 0.1)
     img = img + 0.12 * gauss(((Y - clav_y) / 0.03) ** 2) * soft_step(0.62 - ax, 0.05) * soft_step(ax - 0.06, 0.03)
     img = img + 0.08 * col(P["breast"]) * soft_step(Y - 0.15, 0.2) * soft_step(ax - 0.45, 0.2) * body
-    bubble = gauss(((X - 0.38) ** 2 / 0.1**2 + (Y - col(base_l) - 0.12) ** 2 / 0.06**2))
+    bubble = gauss((X - 0.38) ** 2 / 0.1**2 + (Y - col(base_l) - 0.12) ** 2 / 0.06**2)
     img = img - 0.12 * col(P["bubble"]) * bubble
     dist_h = np.sqrt((ax - 0.2) ** 2 + (Y + 0.03) ** 2)
     vessels = gauss((smooth_noise(rng, m, size, 0.012) / 0.3) ** 2)
@@ -383,7 +383,7 @@ def generate_chest14(n: int, size: int, rng: np.random.Generator, difficulty: fl
 def generate_chest2(n: int, size: int, rng: np.random.Generator, difficulty: float) -> Split:
     """The chest14 images for the same rng, labelled 1 when any finding is present."""
     px, lab, pids = render_chest(n, size, rng, difficulty)
-    return Split(pixels=px, targets=lab.any(axis=1).astype(np.int64), patient_ids=pids,
+    return Split(pixels=px, targets=np.asarray(lab.any(axis=1), dtype=np.int64), patient_ids=pids,
                  extra={"findings": lab})
 
 

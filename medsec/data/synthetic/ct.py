@@ -83,7 +83,7 @@ def _render(p: dict[str, np.ndarray], sl: slice, size: int, rng: np.random.Gener
     m = len(P["cy"])
     px = pixel(size)
     y, x = grid(size)
-    img = np.broadcast_to(col(P["lung"]), (m, size, size)).astype(F32)
+    img: np.ndarray = np.broadcast_to(col(P["lung"]), (m, size, size)).astype(F32)
     img = img + 0.025 * smooth_noise(rng, m, size, 0.02)
     ridge = gauss((smooth_noise(rng, m, size, 0.07) / 0.12) ** 2)
     img = img + 0.15 * ridge * soft_step(smooth_noise(rng, m, size, 0.1) - 0.3, 1.0)

@@ -99,7 +99,7 @@ def _render(p: dict[str, np.ndarray], sl: slice, size: int, rng: np.random.Gener
         (ilm + 0.85 * t_in, 0.25), (opl, -0.35), (ez - 0.02, 0.2), (ez - 0.012, -0.2), (ez, 0.55),
         (ez + 0.02, -0.5), (rpe_top - srf, 0.0), (rpe_top, 0.75), (rpe_top + 0.035, -0.87),
     ]
-    img = np.full((m, size, size), 0.02, F32)
+    img: np.ndarray = np.full((m, size, size), 0.02, F32)
     for bound, step in b:
         img = img + step * soft_step(Y - bound, e)
     # material beneath elevated RPE (drusen, PED): medium reflective, fills rpe_top+0.035 .. rpe+0.035
@@ -130,7 +130,7 @@ def _render(p: dict[str, np.ndarray], sl: slice, size: int, rng: np.random.Gener
     # speckle (multiplicative, slightly correlated), log compression, noise
     shape = 1.0 / col(P["speckle"]) ** 2
     sp = rng.gamma(np.broadcast_to(shape, (m, size, size)), 1.0).astype(F32) / shape
-    sp = 0.5 * sp + 0.5 * (1 + col(P["speckle"]) * 0.5 * smooth_noise(rng, m, size, 0.004))
+    sp = np.clip(0.5 * sp + 0.5 * (1 + col(P["speckle"]) * 0.5 * smooth_noise(rng, m, size, 0.004)), 0, None)
     img = np.clip(img, 0, None) * sp * col(P["gain"])
     img = np.log1p(6 * img) / np.log1p(6.0)
     img = img + col(P["noise"]) * rng.standard_normal((m, size, size), dtype=F32)
