@@ -564,13 +564,13 @@ class Attack:
         if self.seed is not None:
             gen = torch.Generator(device=x.device)
             gen.manual_seed(int(self.seed))
+        work = _param_dtype(model, x.dtype)
         with guarded([model, *gms], self.train_mode):
             bs = self.batch_size or x.shape[0]
             parts: list[AttackResult] = []
             for s in range(0, x.shape[0], bs):
                 xb = x[s:s + bs].detach()
-                ctx = AttackContext(self, model, gms, xb.float() if xb.dtype != torch.float32 else xb,
-                                    y[s:s + bs], gen)
+                ctx = AttackContext(self, model, gms, xb.to(work), y[s:s + bs], gen)
                 parts.append(self._finish(ctx, self._attack(ctx)))
         return _concat(parts, x.dtype)
 
@@ -609,6 +609,14 @@ class Attack:
         keys = ("eps", "alpha", "steps", "norm", "restarts", "targeted")
         args = ", ".join(f"{k}={getattr(self, k)!r}" for k in keys if hasattr(self, k))
         return f"{type(self).__name__}({args})"
+
+
+def _param_dtype(model: nn.Module, default: torch.dtype) -> torch.dtype:
+    """The dtype attacks compute in: the model's floating parameters' (x is converted back at the end)."""
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return default
 
 
 def _concat(parts: list[AttackResult], dtype: torch.dtype) -> AttackResult:
