@@ -553,6 +553,8 @@ class Attack:
 
     def run(self, model: nn.Module, x: Tensor, y: Tensor) -> AttackResult:
         """Attack and report per-sample success (checked in fp32 on `model`)."""
+        if not isinstance(model, nn.Module):
+            raise MedsecError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         x = check_images(x)
         if not isinstance(y, Tensor):
             raise MedsecError(f"labels y must be a torch.Tensor, got {type(y).__name__}")
