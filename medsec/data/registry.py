@@ -85,7 +85,7 @@ def _save(ds: MedicalDataset, path: Path) -> None:
             arrays[f"{s}/extra/{k}"] = v
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
+            np.savez(fh, **arrays)  # type: ignore[arg-type]
 
 
 def _load(path: Path, ds_info) -> MedicalDataset:
