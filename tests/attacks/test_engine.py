@@ -35,11 +35,15 @@ def test_extra_term_gets_features_without_a_second_forward(clf):
                           tuple(x_adv.shape), tuple(yy.shape))
         return features.pow(2).sum(1)
 
-    PGD(eps=0.05, steps=5, extra=0.1 * ExtraTerm(term)).run(m, x, y)
+    atk = PGD(eps=0.05, steps=5, extra=0.1 * ExtraTerm(term))
+    atk(m, x, y)
     n = x.shape[0]
     assert seen["shapes"] == ((n, 3), (n, 16), tuple(x.shape), (n,))
-    assert calls["forward_features"] == 5 + 1  # one per step + the last point, nothing else
-    assert calls["forward"] == 1  # the clean check
+    assert calls == {"forward_features": 5, "forward": 0}  # one pass per step, nothing else
+    res = atk.run(m, x, y)
+    assert calls == {"forward_features": 10, "forward": 1}  # run() also measures success once
+    with torch.no_grad():
+        assert torch.equal(res.success, model(res.x_adv).argmax(1) != y)
 
 
 def test_feature_term_pulls_features_to_a_target(clf):
