@@ -28,6 +28,7 @@ err_console = Console(stderr=True)
 COMMAND_MODULES: list[str] = [
     "medsec.commands",
     "medsec.data.cli",
+    "medsec.attacks.cli",
 ]
 
 for _mod in COMMAND_MODULES:
