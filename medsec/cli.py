@@ -27,6 +27,9 @@ err_console = Console(stderr=True)
 # Modules that define `register(app: typer.Typer) -> None`.
 COMMAND_MODULES: list[str] = [
     "medsec.commands",
+    "medsec.data.cli",
+    "medsec.attacks.cli",
+    "medsec.integrity.cli",
     "medsec.evaluation.study_cli",
 ]
 

@@ -327,6 +327,7 @@ class AttackResult:
     x_adv: Tensor
     success: Tensor  # (N,) bool
     info: dict[str, Any] = field(default_factory=dict)
+    checked: Tensor | None = None  # (N,) bool: success measured; None = all measured
 
     @property
     def success_rate(self) -> float:
@@ -349,15 +350,56 @@ class AttackContext:
         self.device = x.device
         self.loss: Loss = attack.loss
         self.need_features = self.loss.needs_features
-        with torch.no_grad():
-            self.clean_outputs, _ = self.forward(model, x, features=False, exact=True)
-        self.task: AttackTask = infer_task(self.clean_outputs, y, attack.task)
-        mask = None
-        if self.task == "multilabel":
-            mask = finding_mask(self.clean_outputs, attack.findings)
-        self.goal = Goal(self.task, attack.targeted, mask, attack.dice_threshold, attack.success_fn)
-        self.clean_success = self.goal.success(self.clean_outputs, x, y)
         self.separate_check = not (len(grad_models) == 1 and grad_models[0] is model)
+        self._clean_outputs: Tensor | None = None
+        self._clean_success: Tensor | None = None
+        self._task: AttackTask | None = None
+        self._goal: Goal | None = None
+
+    # -- lazily computed: the clean forward pass is only run by attacks that need it ----------------------
+    def _init_task(self, outputs: Tensor) -> None:
+        """Check the labels against the first outputs seen and set up the goal."""
+        if self._task is not None:
+            return
+        task = infer_task(outputs, self.y, self.attack.task)
+        mask = None
+        if task == "multilabel":
+            clean = outputs if self._clean_outputs is not None else self.clean_outputs
+            mask = finding_mask(clean, self.attack.findings)
+        self._task = task
+        self._goal = Goal(task, self.attack.targeted, mask, self.attack.dice_threshold, self.attack.success_fn)
+
+    @property
+    def clean_outputs(self) -> Tensor:
+        """The success model's fp32 outputs on the clean images (one forward pass, on first use)."""
+        if self._clean_outputs is None:
+            with torch.no_grad():
+                self._clean_outputs, _ = self.forward(self.model, self.x, features=False, exact=True)
+            self._init_task(self._clean_outputs)
+        return self._clean_outputs
+
+    @property
+    def task(self) -> AttackTask:
+        """classification, multilabel or segmentation (inferred from outputs and labels)."""
+        if self._task is None:
+            self._init_task(self.clean_outputs)
+        assert self._task is not None
+        return self._task
+
+    @property
+    def goal(self) -> Goal:
+        """What counts as success in this call."""
+        if self._goal is None:
+            self._init_task(self.clean_outputs)
+        assert self._goal is not None
+        return self._goal
+
+    @property
+    def clean_success(self) -> Tensor:
+        """(N,) bool: the goal already holds on the clean images."""
+        if self._clean_success is None:
+            self._clean_success = self.goal.success(self.clean_outputs, self.x, self.y)
+        return self._clean_success
 
     # -- forward passes ------------------------------------------------------------------------------------
     def forward(self, model: nn.Module, x: Tensor, features: bool, exact: bool = False
@@ -408,6 +450,7 @@ class AttackContext:
             xa = x_adv.detach().requires_grad_(True)
             with torch.enable_grad():
                 out, feats = self.forward(m, xa, self.need_features)
+                self._init_task(out)
                 lval = self.loss(self.loss_input(out, feats, xa, idx, step, steps))
                 if lval.shape != (xa.shape[0],):
                     raise MedsecError(f"attack loss must be per-sample (N,), got shape {tuple(lval.shape)}")
@@ -432,6 +475,7 @@ class AttackContext:
         total: Tensor | None = None
         for m in self.grad_models:
             out, feats = self.forward(m, x_adv, self.need_features, exact=exact)
+            self._init_task(out)
             lval = self.loss(self.loss_input(out, feats, x_adv, idx, step, steps)).detach()
             total = lval if total is None else total + lval
         assert total is not None
@@ -442,10 +486,11 @@ class AttackContext:
         return total / len(self.grad_models), succ
 
     @torch.no_grad()
-    def verify(self, x_adv: Tensor) -> Tensor:
-        """(N,) success of the returned points, in fp32 on the success model."""
+    def verify(self, x_adv: Tensor, idx: Tensor | None = None) -> Tensor:
+        """(N,) success of the given points (rows `idx`), in fp32 on the success model."""
         out, _ = self.forward(self.model, x_adv, False, exact=True)
-        return self.goal.success(out, x_adv, self.y)
+        self._init_task(out)
+        return self.goal.success(out, x_adv, self.y if idx is None else self.y[idx], idx)
 
 
 def finding_mask(clean_outputs: Tensor, findings: str | int | Sequence[int]) -> Tensor:
@@ -471,15 +516,22 @@ def finding_mask(clean_outputs: Tensor, findings: str | int | Sequence[int]) -> 
 
 class Tracker:
     """Per-sample best point so far: a successful point beats an unsuccessful one; among equals, the
-    higher attack loss wins (or, with prefer='small', the smaller perturbation among successes)."""
+    higher attack loss wins. `checked` says whether the success flag of the kept point was measured
+    (a last iterate handed over by take_last() is not, until Attack.run verifies it)."""
 
-    def __init__(self, x: Tensor, clean_success: Tensor) -> None:
+    def __init__(self, x: Tensor, clean_success: Tensor | None = None) -> None:
+        n = x.shape[0]
         self.x_best = x.detach().clone()
-        self.success = clean_success.clone()
-        self.loss = torch.full((x.shape[0],), -math.inf, device=x.device)
+        if clean_success is None:
+            self.success = torch.zeros(n, dtype=torch.bool, device=x.device)
+            self.checked = torch.zeros(n, dtype=torch.bool, device=x.device)
+        else:
+            self.success = clean_success.clone()
+            self.checked = torch.ones(n, dtype=torch.bool, device=x.device)
+        self.loss = torch.full((n,), -math.inf, device=x.device)
 
     def update(self, x_cand: Tensor, loss: Tensor, succ: Tensor, idx: Tensor | None = None) -> None:
-        """Offer candidate points for rows `idx` (all rows when None)."""
+        """Offer evaluated candidate points for rows `idx` (all rows when None)."""
         bs = self.success if idx is None else self.success[idx]
         bl = self.loss if idx is None else self.loss[idx]
         better = (succ & ~bs) | ((succ == bs) & (loss > bl))
@@ -489,6 +541,22 @@ class Tracker:
         self.x_best[rows] = x_cand[better].detach().to(self.x_best.dtype)
         self.success[rows] = succ[better]
         self.loss[rows] = loss[better].float()
+        self.checked[rows] = True
+
+    def take_last(self, x_last: Tensor, idx: Tensor | None = None) -> None:
+        """Rows not yet successful keep the unevaluated last iterate (as plain PGD returns it), which
+        saves the forward pass that evaluating it would cost; Attack.run checks them afterwards."""
+        bs = self.success if idx is None else self.success[idx]
+        take = ~bs
+        if not bool(take.any()):
+            return
+        rows = take.nonzero().squeeze(1) if idx is None else idx[take]
+        self.x_best[rows] = x_last[take].detach().to(self.x_best.dtype)
+        self.checked[rows] = False
+
+    def result(self, info: dict[str, Any] | None = None) -> AttackResult:
+        """The kept points as an AttackResult (unchecked rows are verified by Attack.run)."""
+        return AttackResult(self.x_best, self.success.clone(), info or {}, checked=self.checked.clone())
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -548,11 +616,16 @@ class Attack:
 
     # -- public API ----------------------------------------------------------------------------------------
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        """The adversarial images (x's shape and dtype, in [0, 1], inside the threat ball)."""
-        return self.run(model, x, y).x_adv
+        """The adversarial images (x's shape and dtype, in [0, 1], inside the threat ball).
 
-    def run(self, model: nn.Module, x: Tensor, y: Tensor) -> AttackResult:
-        """Attack and report per-sample success (checked in fp32 on `model`)."""
+        Skips the final success check that run() makes, so it costs no forward pass beyond the attack's."""
+        return self.run(model, x, y, verify=False).x_adv
+
+    def run(self, model: nn.Module, x: Tensor, y: Tensor, verify: bool = True) -> AttackResult:
+        """Attack and report per-sample success (measured in fp32 on `model`; verify=False leaves the
+        success of unevaluated last iterates as False and skips the bf16 re-check)."""
+        if not isinstance(model, nn.Module):
+            raise MedsecError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         x = check_images(x)
         if not isinstance(y, Tensor):
             raise MedsecError(f"labels y must be a torch.Tensor, got {type(y).__name__}")
@@ -564,14 +637,14 @@ class Attack:
         if self.seed is not None:
             gen = torch.Generator(device=x.device)
             gen.manual_seed(int(self.seed))
+        work = _param_dtype(model, x.dtype)
         with guarded([model, *gms], self.train_mode):
             bs = self.batch_size or x.shape[0]
             parts: list[AttackResult] = []
             for s in range(0, x.shape[0], bs):
                 xb = x[s:s + bs].detach()
-                ctx = AttackContext(self, model, gms, xb.float() if xb.dtype != torch.float32 else xb,
-                                    y[s:s + bs], gen)
-                parts.append(self._finish(ctx, self._attack(ctx)))
+                ctx = AttackContext(self, model, gms, xb.to(work), y[s:s + bs], gen)
+                parts.append(self._finish(ctx, self._attack(ctx), verify))
         return _concat(parts, x.dtype)
 
     # -- for subclasses ------------------------------------------------------------------------------------
@@ -589,9 +662,10 @@ class Attack:
             raise MedsecError("grad_model must be an nn.Module or a non-empty list of nn.Modules")
         return gms
 
-    def _finish(self, ctx: AttackContext, res: AttackResult) -> AttackResult:
+    def _finish(self, ctx: AttackContext, res: AttackResult, verify: bool = True) -> AttackResult:
         """Enforce the contract on the way out (box and ball, guarding against float round-off) and
-        re-check success in fp32 when the gradient passes ran in reduced precision."""
+        measure success where it was not measured in fp32: unevaluated last iterates, projected points,
+        and every point when the gradient passes ran in reduced precision."""
         x_adv = res.x_adv.detach()
         changed = bool((x_adv < 0).any() or (x_adv > 1).any())
         x_adv = x_adv.clamp(0.0, 1.0)
@@ -601,14 +675,27 @@ class Attack:
                 x_adv = project(x_adv, ctx.x, self.eps, self.norm)
                 changed = True
         succ = res.success
-        if changed or self.speed.bf16(ctx.device):
-            succ = ctx.verify(x_adv)
+        if verify:
+            if changed or self.speed.bf16(ctx.device):
+                succ = ctx.verify(x_adv)
+            elif res.checked is not None and not bool(res.checked.all()):
+                rows = (~res.checked).nonzero().squeeze(1)
+                succ = succ.clone()
+                succ[rows] = ctx.verify(x_adv[rows], rows)
         return AttackResult(x_adv, succ, res.info)
 
     def __repr__(self) -> str:
         keys = ("eps", "alpha", "steps", "norm", "restarts", "targeted")
         args = ", ".join(f"{k}={getattr(self, k)!r}" for k in keys if hasattr(self, k))
         return f"{type(self).__name__}({args})"
+
+
+def _param_dtype(model: nn.Module, default: torch.dtype) -> torch.dtype:
+    """The dtype attacks compute in: the model's floating parameters' (x is converted back at the end)."""
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return default
 
 
 def _concat(parts: list[AttackResult], dtype: torch.dtype) -> AttackResult:
