@@ -130,10 +130,15 @@ def check_weights_files(cfg: ExperimentConfig) -> None:
 def study_config(cfg: ExperimentConfig, dataset: str, arch: str) -> ExperimentConfig:
     """The experiment config a transfer-study model of `arch` on `dataset` is trained with."""
     t = cfg.transfer
+    update = {"arch": arch, "width": t.width, "depth": t.depth}
+    if t.difficulty is not None:
+        update["difficulty"] = t.difficulty
+    base = cfg.victims.get(dataset)  # keeps a real-data root and reader options
+    vc = base.model_copy(update=update) if base is not None else VictimConfig(**update)  # type: ignore[arg-type]
     return cfg.model_copy(update={
         "data": cfg.data.model_copy(update={"n_train": t.n_train, "n_val": t.n_val, "n_test": t.n_test}),
         "train": cfg.train.model_copy(update={"epochs": t.epochs}),
-        "victims": {dataset: VictimConfig(arch=arch, width=t.width, depth=t.depth, difficulty=t.difficulty)},
+        "victims": {dataset: vc},
     })
 
 
