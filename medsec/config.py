@@ -76,6 +76,7 @@ class TransferConfig(_Strict):
     n_val: int = Field(160, ge=8)
     n_test: int = Field(200, ge=8)
     epochs: int = Field(8, gt=0)
+    batch_size: int = Field(16, gt=0)  # small batches: enough optimiser steps on a small d1
     inits: list[str] = Field(default_factory=lambda: ["random", "pretrained"])
     weights: dict[str, str] = Field(default_factory=dict)  # arch -> weights file: adds the init "file"
     data_variants: list[str] = Field(default_factory=lambda: ["d2", "d3", "d0"])

@@ -137,7 +137,7 @@ def study_config(cfg: ExperimentConfig, dataset: str, arch: str) -> ExperimentCo
     vc = base.model_copy(update=update) if base is not None else VictimConfig(**update)  # type: ignore[arg-type]
     return cfg.model_copy(update={
         "data": cfg.data.model_copy(update={"n_train": t.n_train, "n_val": t.n_val, "n_test": t.n_test}),
-        "train": cfg.train.model_copy(update={"epochs": t.epochs}),
+        "train": cfg.train.model_copy(update={"epochs": t.epochs, "batch_size": t.batch_size}),
         "victims": {dataset: vc},
     })
 
@@ -440,7 +440,7 @@ def transfer_markdown(result: dict[str, Any], t: TransferConfig, figures: list[P
         "",
         f"Models: {', '.join(t.archs)} scaled by width x{t.width:g} and depth x{t.depth:g} "
         f"({describe(t.archs[0], t.width, t.depth)} etc.), {t.n_train // 2} training images in d1, "
-        f"{t.epochs} epochs"
+        f"{t.epochs} epochs of batch {t.batch_size}"
         + (f", synthetic difficulty {t.difficulty:g}" if t.difficulty is not None else "")
         + f"; 'pretrained' = backbone trained first on {t.pretrain_source} (synthetic stand-in for "
         f"ImageNet pretraining, shared by target and surrogate)"
