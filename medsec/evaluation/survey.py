@@ -13,6 +13,7 @@ wrong (UAP also reports Moosavi-Dezfooli's label-change rate over all test image
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -65,8 +66,17 @@ def _survey_dataset(cfg: ExperimentConfig, name: str, store: CellStore) -> list[
 
     rows: list[dict[str, Any]] = []
 
+    victim_digest = cfg.digest("data", "train", "model") + repr(cfg.victims.get(name))
+    params = {"patch": [s.n_eval, s.patch_steps, N_FIT],
+              "onepixel": [s.onepixel_n_eval, s.onepixel_popsize, s.onepixel_iterations],
+              "uap": [s.n_eval, s.uap_epochs, N_FIT],
+              "backdoor": [s.backdoor_target_class, s.backdoor_trigger],
+              "feature_collision": [s.fc_targets, s.fc_steps, s.fc_eps]}
+
     def cell(attack: str, setting: str, fn: Any) -> None:
-        key = f"{name}__{attack}__{setting}"
+        # the key holds every setting the cell depends on: changed settings give a new cell, never a stale one
+        fingerprint = hashlib.sha256(json.dumps([victim_digest, cfg.seed, params[attack]]).encode()).hexdigest()[:8]
+        key = f"{name}__{attack}__{setting}__{fingerprint}"
         t0 = time.perf_counter()
         res = store.get(key)
         if res is None:

@@ -19,6 +19,7 @@ stronger transfer). One result file per (surrogate, target, attack, eps) cell; a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import textwrap
@@ -110,6 +111,23 @@ def study_grid(t: TransferConfig) -> tuple[list[ModelSpec], list[ModelSpec]]:
     surr += [ModelSpec(a, i, v, t.surrogate_seed, "surrogate") for a in t.archs
              for i in _inits_for(t, a, t.data_variant_inits) for v in t.data_variants]
     return targets, surr
+
+
+_GRID_FIELDS = ("archs", "inits", "data_variants", "data_variant_inits", "attacks", "eps", "main_eps", "whitebox",
+                "weights")
+
+
+def settings_digest(cfg: ExperimentConfig) -> str:
+    """A short hash of every setting a transfer cell's result depends on besides its key (models' data and
+    training, attack settings, seeds, the user's weights files' contents): the cells of a run live in a
+    folder named by it, so changed settings never reuse stale cells."""
+    from medsec.evaluation.victims import file_digest
+
+    t = cfg.transfer
+    payload = {"t": {k: v for k, v in t.model_dump().items() if k not in _GRID_FIELDS},
+               "weights": {a: file_digest(p) for a, p in sorted(t.weights.items())},
+               "cfg": cfg.digest("data", "train"), "seed": cfg.seed, "device": cfg.device}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:10]
 
 
 def check_weights_files(cfg: ExperimentConfig) -> None:
@@ -235,7 +253,7 @@ def run_transfer_study(cfg: ExperimentConfig, out: str | Path) -> dict[str, Any]
     check_weights_files(cfg)
     started, t0 = datetime.now(UTC), time.perf_counter()
     out_dir = ensure_writable_dir(out)
-    store = CellStore(out_dir / "transfer_cells")
+    store = CellStore(out_dir / "transfer_cells" / settings_digest(cfg))
     device = resolve_device(cfg.device)
     targets, surrogates = study_grid(t)
     pool = ModelPool(cfg)

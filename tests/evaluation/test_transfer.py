@@ -58,7 +58,7 @@ def test_transfer_beats_shuffled_control_and_resumes(cache_dir, tmp_path):
     rows = res["rows"]
     targets, surrogates = study_grid(cfg.transfer)
     n_cells = (len(surrogates) * len(targets) + len(targets)) * 2  # 2 attacks, 1 eps
-    assert len(rows) == n_cells and len(list((out / "transfer_cells").glob("*.json"))) == n_cells
+    assert len(rows) == n_cells and len(list((out / "transfer_cells").rglob("*.json"))) == n_cells
     pgd = [r for r in rows if r["attack"] == "pgd" and r["eps"] == 0.08 and not r["whitebox"]]
     # a perturbation crafted on a surrogate lowers the target's accuracy more than the same one shuffled
     assert np.mean([r["ratio"] for r in pgd]) < np.mean([r["ratio_shuffled"] for r in pgd]) - 5
@@ -75,12 +75,17 @@ def test_transfer_beats_shuffled_control_and_resumes(cache_dir, tmp_path):
     data = json.loads((out / "transfer_results.json").read_text())
     assert len(data["rows"]) == n_cells
     # a rerun skips every finished cell (no cell file is rewritten)
-    stamps = {p: p.stat().st_mtime_ns for p in (out / "transfer_cells").glob("*.json")}
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "transfer_cells").rglob("*.json")}
     victim = next(iter((cache_dir / "models").glob("*.pt")))
     victim_stamp = victim.stat().st_mtime_ns
     run_transfer_study(cfg, out)
     assert all(p.stat().st_mtime_ns == m for p, m in stamps.items())
     assert victim.stat().st_mtime_ns == victim_stamp
+    # changed settings never reuse stale cells
+    from medsec.evaluation.transfer import settings_digest
+
+    assert settings_digest(tiny(cache_dir, epochs=5)) != settings_digest(cfg)
+    assert settings_digest(tiny(cache_dir, eps=[0.08, 0.1])) == settings_digest(cfg)  # more cells, same settings
 
 
 def test_shuffle_keeps_the_perturbation_values():
