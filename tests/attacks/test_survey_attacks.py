@@ -18,20 +18,20 @@ from medsec.models.training import predict
 
 
 @pytest.fixture(scope="module")
-def victim(tmp_path_factory):
-    from conftest import TOY
+def _victim_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("survey-cache")
 
-    from medsec.data.synthetic import GENERATORS, register
 
-    register(TOY)
+@pytest.fixture
+def victim(_victim_cache):
+    """A tiny ResNet-20 on the toy-blobs dataset (registered by the root conftest for every test);
+    trained by the first test that asks, then read from the module's cache."""
     cfg = load_config("quick", {
-        "cache_dir": str(tmp_path_factory.mktemp("cache")),
+        "cache_dir": str(_victim_cache),
         "data": {"image_size": 24, "n_train": 300, "n_val": 60, "n_test": 80},
         "train": {"epochs": 6, "batch_size": 32, "patience": 6, "lr": 0.003},
         "victims": {"toy-blobs": {"arch": "resnet20", "width": 0.5, "depth": 0.34}}})
-    v = get_victim(cfg, "toy-blobs")
-    yield cfg, v
-    GENERATORS.pop(TOY.info.name, None)
+    return cfg, get_victim(cfg, "toy-blobs")
 
 
 def _params(model):
