@@ -12,6 +12,8 @@ The test-time half has the usual call shape: ``BadNets(...)(model, x, y)`` stamp
 BadNets (Gu et al., 2019): a fixed pattern (a black/white checkerboard by default) stamped in a corner of
 a fraction `rate` of the training images, whose labels become the attacker's class. Poisons are drawn
 from images not already of that class (choice: relabelling images of the target class teaches nothing).
+The validation split is poisoned at the same rate by default (the attacker supplies the development
+data): otherwise early stopping on a clean validation split may keep an epoch before the backdoor is learnt.
 
 Feature collision (Shafahi et al., NeurIPS 2018, "Poison frogs"): for a target test image t (true class
 A) and base images b of the attacker's class B, craft p = argmin ||f(p) - f(t)||^2 + beta ||p - b||^2 by
@@ -74,13 +76,16 @@ class BadNets:
     rate: poisoning rate p in [0, 1] (fraction of the whole training set). trigger_size: side of the
     square trigger, fraction of the image side (< 1) or pixels (>= 1). pattern: "checkerboard" (black and
     white squares) or "white". position: corner of the trigger ("bottom-right", "bottom-left", "top-right",
-    "top-left"), one pixel from the border. seed: which images are poisoned.
+    "top-left"), one pixel from the border. poison_val: poison the validation split at the same rate
+    too (default): the attacker supplies the development data and the victim splits it, so its
+    early stopping sees poisoned validation images as well. seed: which images are poisoned.
     """
 
     name = "badnets"
 
     def __init__(self, rate: float = 0.05, target_class: int = 0, trigger_size: float = 0.1,
-                 pattern: str = "checkerboard", position: str = "bottom-right", seed: int = 0) -> None:
+                 pattern: str = "checkerboard", position: str = "bottom-right", poison_val: bool = True,
+                 seed: int = 0) -> None:
         if not (isinstance(rate, int | float) and math.isfinite(rate) and 0.0 <= rate <= 1.0):
             raise MedsecError(f"BadNets: poisoning rate must be in [0, 1], got {rate!r}")
         if pattern not in ("checkerboard", "white"):
@@ -91,6 +96,7 @@ class BadNets:
             raise MedsecError(f"BadNets: trigger_size must be positive, got {trigger_size!r}")
         self.rate, self.target_class, self.trigger_size = float(rate), int(target_class), float(trigger_size)
         self.pattern, self.position, self.seed = pattern, position, int(seed)
+        self.poison_val = bool(poison_val)
 
     def __repr__(self) -> str:
         return f"BadNets(rate={self.rate:g}, target_class={self.target_class})"
@@ -128,25 +134,30 @@ class BadNets:
         return self.stamp(x)
 
     def poison(self, data: MedicalDataset) -> PoisonedData:
-        """A copy of `data` whose training split has round(rate * N) triggered, relabelled images."""
+        """A copy of `data` whose training split (and validation split, with poison_val) has
+        round(rate * N) triggered images relabelled to the target class. `indices`: the training poisons."""
         _check_classification(data)
         k = data.info.num_outputs
         if not 0 <= self.target_class < k:
             raise MedsecError(f"BadNets: target_class must be in [0, {k}) for {data.info.name}, got {self.target_class}")
-        tr = data.train
-        n_poison = int(round(self.rate * len(tr)))
-        candidates = np.flatnonzero(tr.targets != self.target_class)
+        train, idx = self._poison_split(data.train, "train", 0)
+        val, vidx = self._poison_split(data.val, "val", 1) if self.poison_val else (data.val, np.zeros(0, np.int64))
+        return PoisonedData(replace(data, train=train, val=val), idx,
+                            {"rate": self.rate, "target_class": self.target_class, "val_indices": vidx.tolist()})
+
+    def _poison_split(self, sp: Split, name: str, salt: int) -> tuple[Split, np.ndarray]:
+        n_poison = int(round(self.rate * len(sp)))
+        candidates = np.flatnonzero(sp.targets != self.target_class)
         if n_poison > len(candidates):
             raise MedsecError(f"BadNets: rate {self.rate:g} asks for {n_poison} poisons but only {len(candidates)} "
-                              f"training images are outside the target class")
-        rng = np.random.default_rng([self.seed, 0x6264])
+                              f"{name} images are outside the target class")
+        rng = np.random.default_rng([self.seed, salt, 0x6264])
         idx = np.sort(rng.choice(candidates, size=n_poison, replace=False)) if n_poison else np.zeros(0, np.int64)
-        pixels, targets = tr.pixels.copy(), tr.targets.copy()
+        pixels, targets = sp.pixels.copy(), sp.targets.copy()
         if n_poison:
-            pixels[idx] = _to_uint8(self.stamp(tr.images(idx)))
+            pixels[idx] = _to_uint8(self.stamp(sp.images(idx)))
             targets[idx] = self.target_class
-        train = Split(pixels=pixels, targets=targets, patient_ids=tr.patient_ids, extra=dict(tr.extra))
-        return PoisonedData(replace(data, train=train), idx, {"rate": self.rate, "target_class": self.target_class})
+        return Split(pixels=pixels, targets=targets, patient_ids=sp.patient_ids, extra=dict(sp.extra)), idx
 
     def success_rate(self, model: nn.Module, x: Tensor, y: Tensor) -> float:
         """Fraction of triggered images (of classes other than the target) the model puts in the target class."""

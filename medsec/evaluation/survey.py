@@ -70,7 +70,7 @@ def _survey_dataset(cfg: ExperimentConfig, name: str, store: CellStore) -> list[
     params = {"patch": [s.n_eval, s.patch_steps, N_FIT],
               "onepixel": [s.onepixel_n_eval, s.onepixel_popsize, s.onepixel_iterations],
               "uap": [s.n_eval, s.uap_epochs, N_FIT],
-              "backdoor": [s.backdoor_target_class, s.backdoor_trigger],
+              "backdoor": [s.backdoor_target_class, s.backdoor_trigger, "poison-val"],
               "feature_collision": [s.fc_targets, s.fc_steps, s.fc_eps]}
 
     def cell(attack: str, setting: str, fn: Any) -> None:
