@@ -275,6 +275,7 @@ def retrain(meta: dict[str, Any], data: MedicalDataset, train_cfg: Any, seed: in
     missing = [k for k in BUILD_KEYS if k not in meta]
     if missing:
         raise MedsecError(f"retrain: victim metadata lacks {', '.join(missing)}")
+    torch.manual_seed(seed)  # the initial weights depend on the seed only, not on what ran before
     model = build_model(**{k: meta[k] for k in BUILD_KEYS})
     train_model(model, data, train_cfg, seed=seed, device=device, description=f"retraining on {data.info.name} (poisoned)")
     return model

@@ -201,6 +201,7 @@ def get_victim(
     mean, std = _channel_stats(data)
     build = {"arch": vc.arch, "in_channels": data.info.channels, "num_outputs": data.info.num_outputs,
              "task": data.info.task, "width": width, "depth": depth, "mean": mean, "std": std}
+    torch.manual_seed(seed)  # initial weights depend on the seed only, not on what ran before in the process
     model = build_model(**build)  # type: ignore[arg-type]
     if init_from is not None:
         load_backbone_weights(model, init_from, describe(vc.arch, width, depth))

@@ -141,7 +141,7 @@ def test_badnets_rejects_bad_rates(rate):
 def test_feature_collision_collides_features_with_clean_labels(victim):
     _, v = victim
     data = v.data
-    fc = FeatureCollision(n_poisons=3, steps=60, lr=0.02, eps=0.15, seed=0)
+    fc = FeatureCollision(n_poisons=3, steps=100, lr=0.02, eps=0.15, seed=0)
     t = int(np.flatnonzero(data.test.targets == 0)[0])
     poisoned = fc.poison(v.model, data, t, 1)
     assert poisoned.n_poisons == 3 and len(poisoned.dataset.train) == len(data.train) + 3
@@ -151,7 +151,8 @@ def test_feature_collision_collides_features_with_clean_labels(victim):
         ft = v.model.features(data.test.images(np.array([t])))
         fb = v.model.features(data.train.images(np.array(poisoned.info["base_indices"])))
     base_dist = (fb - ft).norm(dim=1)
-    assert max(poisoned.info["feature_distance"]) < 0.2 * float(base_dist.min())
+    assert max(poisoned.info["feature_distance"]) < 0.5 * float(base_dist.min())
+    assert np.mean(poisoned.info["feature_distance"]) < 0.25 * float(base_dist.mean())
     assert np.array_equal(poisoned.dataset.train.pixels[: len(data.train)], data.train.pixels)
     model = retrain_head(v.model, poisoned.dataset, epochs=20)
     assert model is not v.model and torch.equal(model.features(data.test.images()[:4]),

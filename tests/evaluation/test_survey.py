@@ -27,7 +27,7 @@ survey:
   onepixel_n_eval: 16
   uap_eps: [0.1]
   uap_epochs: 2
-  backdoor_rates: [0.05]
+  backdoor_rates: [0.1]
   backdoor_trigger: 0.25
   fc_targets: 2
   fc_poisons: 2
@@ -48,7 +48,7 @@ def test_survey_cli_writes_every_attack_and_resumes(cache_dir, tmp_path):
     assert all(r["max_pixels_changed"] <= r["pixels"] for r in rows if r["attack"] == "onepixel")
     assert all(r["linf"] <= r["eps"] + 1e-7 for r in rows if r["attack"] == "uap")
     bd = next(r for r in rows if r["attack"] == "backdoor")
-    assert bd["n_poisons"] == 10 and bd["trigger_success"] > bd["trigger_success_unpoisoned"]
+    assert bd["n_poisons"] == 20 and bd["trigger_success"] > bd["trigger_success_unpoisoned"]
     md = (out / "report.md").read_text()
     assert "Survey attacks" in md and "BadNets" in md and (out / "figures" / "survey_patch.png").exists()
     stamps = {p: p.stat().st_mtime_ns for p in (out / "survey_cells").glob("*.json")}
