@@ -27,7 +27,9 @@ err_console = Console(stderr=True)
 # Modules that define `register(app: typer.Typer) -> None`.
 COMMAND_MODULES: list[str] = [
     "medsec.commands",
+    "medsec.data.cli",
     "medsec.attacks.cli",
+    "medsec.integrity.cli",
 ]
 
 for _mod in COMMAND_MODULES:
