@@ -632,6 +632,8 @@ class Attack:
         if y.shape[0] != x.shape[0]:
             raise MedsecError(f"labels y hold {y.shape[0]} rows for {x.shape[0]} images")
         y = y.to(x.device)
+        if not (y.is_floating_point() or y.dtype == torch.bool or y.dtype == torch.long):
+            y = y.long()  # int32/uint8 class ids or masks
         gms = self._grad_models(model)
         gen = None
         if self.seed is not None:
