@@ -132,7 +132,7 @@ def test_early_stop_removes_fooled_samples(clf):
     rows: list[int] = []
     h = model.register_forward_hook(lambda m, i, o: rows.append(i[0].shape[0]))
     try:
-        res = PGD(eps=0.2, steps=10, early_stop=True).run(model, x, y)
+        res = PGD(eps=0.2, steps=10, early_stop=True, fuse_bn=False).run(model, x, y)
     finally:
         h.remove()
     assert res.success.all()
