@@ -45,19 +45,19 @@ def _params(rng: np.random.Generator, n: int, y: np.ndarray, d: float) -> dict[s
     cls = y
     return {
         "cls": cls.astype(F32),
-        "y0": 0.2 + rng.normal(0, 0.06, n), "curv": 0.1 + 0.15 * u(n), "tilt": rng.normal(0, 0.08, n),
+        "y0": 0.3 + rng.normal(0, 0.06, n), "curv": 0.1 + 0.15 * u(n), "tilt": rng.normal(0, 0.08, n),
         "fx": rng.normal(0, 0.12, n), "pit": 0.7 + 0.25 * u(n), "pit_w": 0.12 + 0.06 * u(n),
-        "t_in": 0.32 + 0.08 * u(n), "nasal": np.where(u(n) < 0.5, -1.0, 1.0),
+        "t_in": 0.42 + 0.1 * u(n), "nasal": np.where(u(n) < 0.5, -1.0, 1.0),
         # drusen
         "dr_n": rng.integers(2, N_DRUSEN + 1, n), "dr_x": 1.6 * u((n, N_DRUSEN)) - 0.8,
-        "dr_h": (0.03 + 0.05 * u((n, N_DRUSEN))) * c, "dr_w": 0.04 + 0.06 * u((n, N_DRUSEN)),
+        "dr_h": (0.05 + 0.07 * u((n, N_DRUSEN))) * c, "dr_w": 0.05 + 0.07 * u((n, N_DRUSEN)),
         # dme
-        "thick": 1 + (0.35 + 0.35 * u(n)) * c, "cy_n": rng.integers(3, N_CYSTS + 1, n),
+        "thick": 1 + (0.4 + 0.4 * u(n)) * c, "cy_n": rng.integers(3, N_CYSTS + 1, n),
         "cy_x": rng.normal(0, 0.25, (n, N_CYSTS)), "cy_d": 0.35 + 0.5 * u((n, N_CYSTS)),
-        "cy_r": (0.025 + 0.04 * u((n, N_CYSTS))) * (0.6 + 0.4 * c),
+        "cy_r": (0.04 + 0.05 * u((n, N_CYSTS))) * (0.6 + 0.4 * c),
         # cnv
-        "ped_x": rng.normal(0, 0.15, n), "ped_h": (0.06 + 0.08 * u(n)) * c, "ped_w": 0.12 + 0.12 * u(n),
-        "srf_h": (0.04 + 0.06 * u(n)) * c, "irf": (u(n) < 0.4).astype(F32),
+        "ped_x": rng.normal(0, 0.15, n), "ped_h": (0.1 + 0.1 * u(n)) * c, "ped_w": 0.14 + 0.12 * u(n),
+        "srf_h": (0.06 + 0.08 * u(n)) * c, "irf": (u(n) < 0.25).astype(F32),
         "speckle": 0.5 + 0.6 * d + 0.2 * u(n), "gain": 0.9 + 0.2 * u(n), "noise": np.full(n, 0.03 + 0.03 * d),
         "contrast": c * np.ones(n),
     }
@@ -89,9 +89,9 @@ def _render(p: dict[str, np.ndarray], sl: slice, size: int, rng: np.random.Gener
     thick = 1 + is_["DME"] * (col(P["thick"]) - 1)
     pit = pit * (1 - 0.8 * is_["DME"] * c)
     t_in = col(P["t_in"]) * nasal * (1 - pit) * thick
-    t_out = 0.16 * (1 + 0.25 * gauss((dx / col(P["pit_w"])) ** 2)) * (1 + 0.3 * (thick - 1))
+    t_out = 0.2 * (1 + 0.25 * gauss((dx / col(P["pit_w"])) ** 2)) * (1 + 0.3 * (thick - 1))
     ez = rpe_top - srf - 0.05  # ellipsoid zone sits above the RPE; subretinal fluid pushes it up
-    opl = ez - t_out
+    opl = ez - t_out + 0.6 * lift  # the outer nuclear layer is compressed over RPE elevations
     ilm = opl - t_in
     # reflectivity as steps at the layer boundaries (depth increases downwards)
     b = [
@@ -108,7 +108,7 @@ def _render(p: dict[str, np.ndarray], sl: slice, size: int, rng: np.random.Gener
     img = img + 0.3 * under * het
     # subretinal fluid: dark between ez+0.02 .. rpe_top - 0 (already step 0); make it hypo-reflective
     srf_zone = soft_step(Y - (ez + 0.02), e) * soft_step(rpe_top - Y, e) * (srf > 0.004)
-    img = img * (1 - 0.8 * srf_zone * c)
+    img = img * (1 - 0.9 * srf_zone * np.sqrt(c))
     # choroid below the RPE band, with vessel lumens, fading into the sclera
     chor = soft_step(Y - (rpe + 0.035), e)
     depth_c = np.clip(Y - (rpe + 0.035), 0, None)
