@@ -172,8 +172,10 @@ def _render(
 
     # ---- normal anatomy ----
     ax = np.abs(X)
-    body = soft_step(0.93 - ax * (1.0 - 0.08 * Y), 0.05)
-    img = 0.10 + 0.42 * body + 0.08 * soft_step(Y - 0.55, 0.3) * body
+    shoulder = 1.6 * np.clip(-0.6 - Y, 0, None) ** 1.5  # the trunk narrows over the shoulders to the neck
+    body = soft_step(0.93 - shoulder - ax * (1.0 - 0.08 * Y), 0.05)
+    arms = soft_step(ax - 0.97 + 0.1 * Y, 0.04) * 0.5  # upper arms beside the trunk
+    img = 0.10 + 0.42 * np.maximum(body, arms) + 0.08 * soft_step(Y - 0.55, 0.3) * body
     img = img - (0.33 + 0.1 * c * col(emph)) * lungs
     img = img + 0.04 * heart
     img = img + 0.04 * soft_step(0.07 - ax, 0.02) * (0.6 + 0.4 * np.cos(np.pi * Y / 0.11) ** 2)  # spine
