@@ -37,6 +37,7 @@ from medsec.data.synthetic._common import (
 CLASSES = ("CNV", "DME", "DRUSEN", "NORMAL")
 N_DRUSEN = 5
 N_CYSTS = 7
+SPECKLE_GRID = 256  # speckle grains across a B-scan
 
 
 def _params(rng: np.random.Generator, n: int, y: np.ndarray, d: float) -> dict[str, np.ndarray]:
@@ -127,10 +128,11 @@ def _render(p: dict[str, np.ndarray], sl: slice, size: int, rng: np.random.Gener
         r = col(P["cy_r"][:, k])
         cysts = np.maximum(cysts, on * soft_step(1 - np.sqrt(((X - cxk) / (0.8 * r)) ** 2 + ((Y - cyk) / r) ** 2), 0.3))
     img = img * (1 - 0.9 * cysts * c)
-    # speckle (multiplicative, slightly correlated), log compression, noise
-    shape = 1.0 / col(P["speckle"]) ** 2
+    # speckle: fully developed speckle is gamma-distributed; a pixel of a downsampled B-scan averages
+    # about (SPECKLE_GRID / size)^2 grains (Kermany scans are ~500 px wide), so it is smoother at 64 px
+    grains = max(1.0, (SPECKLE_GRID / size) ** 2)
+    shape = grains / col(P["speckle"]) ** 2
     sp = rng.gamma(np.broadcast_to(shape, (m, size, size)), 1.0).astype(F32) / shape
-    sp = np.clip(0.5 * sp + 0.5 * (1 + col(P["speckle"]) * 0.5 * smooth_noise(rng, m, size, 0.004)), 0, None)
     img = np.clip(img, 0, None) * sp * col(P["gain"])
     img = np.log1p(6 * img) / np.log1p(6.0)
     img = img + col(P["noise"]) * rng.standard_normal((m, size, size), dtype=F32)
