@@ -7,7 +7,7 @@ thin out, then the choroid with dark vessel lumens fading into the sclera; multi
 log compression and detector noise.
 
 - NORMAL: the above.
-- DRUSEN: 2-5 dome-shaped RPE elevations with medium-reflective material beneath, outer layers lifted.
+- DRUSEN: 3-6 dome-shaped RPE elevations with medium-reflective material beneath, outer layers lifted.
 - DME: retinal thickening (the pit fills in) with hyporeflective cystoid spaces in the INL/OPL/ONL.
 - CNV: a broad RPE elevation (fibrovascular PED, heterogeneous material) with a dark subretinal
   fluid pocket above it and sometimes intraretinal fluid.
@@ -35,7 +35,7 @@ from medsec.data.synthetic._common import (
 )
 
 CLASSES = ("CNV", "DME", "DRUSEN", "NORMAL")
-N_DRUSEN = 5
+N_DRUSEN = 6
 N_CYSTS = 7
 SPECKLE_GRID = 256  # speckle grains across a B-scan
 
@@ -50,8 +50,8 @@ def _params(rng: np.random.Generator, n: int, y: np.ndarray, d: float) -> dict[s
         "fx": rng.normal(0, 0.12, n), "pit": 0.7 + 0.25 * u(n), "pit_w": 0.12 + 0.06 * u(n),
         "t_in": 0.42 + 0.1 * u(n), "nasal": np.where(u(n) < 0.5, -1.0, 1.0),
         # drusen
-        "dr_n": rng.integers(2, N_DRUSEN + 1, n), "dr_x": 1.6 * u((n, N_DRUSEN)) - 0.8,
-        "dr_h": (0.05 + 0.07 * u((n, N_DRUSEN))) * c, "dr_w": 0.05 + 0.07 * u((n, N_DRUSEN)),
+        "dr_n": rng.integers(3, N_DRUSEN + 1, n), "dr_x": 1.6 * u((n, N_DRUSEN)) - 0.8,
+        "dr_h": (0.06 + 0.08 * u((n, N_DRUSEN))) * c, "dr_w": 0.05 + 0.07 * u((n, N_DRUSEN)),
         # dme
         "thick": 1 + (0.4 + 0.4 * u(n)) * c, "cy_n": rng.integers(3, N_CYSTS + 1, n),
         "cy_x": rng.normal(0, 0.25, (n, N_CYSTS)), "cy_d": 0.35 + 0.5 * u((n, N_CYSTS)),
