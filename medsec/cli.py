@@ -28,6 +28,8 @@ err_console = Console(stderr=True)
 COMMAND_MODULES: list[str] = [
     "medsec.commands",
     "medsec.data.cli",
+    "medsec.attacks.cli",
+    "medsec.integrity.cli",
 ]
 
 for _mod in COMMAND_MODULES:

@@ -1,12 +1,32 @@
-"""Foundation commands: list datasets, train victims, evaluate clean performance, export DICOM."""
+"""Foundation commands: list datasets, train victims, evaluate clean performance."""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 console = Console()
+
+ProfileOpt = Annotated[str, typer.Option("--profile", "-p", help="quick, full, or a YAML config file")]
+DataRootOpt = Annotated[str | None, typer.Option("--data-root", help="real data in its publisher's layout")]
+CacheOpt = Annotated[str | None, typer.Option("--cache-dir", help="cache folder (default $MEDSEC_CACHE or ~/.cache/medsec)")]
+
+
+def _config(profile: str, data_root: str | None = None, cache_dir: str | None = None, seed: int | None = None):
+    from medsec.config import load_config
+
+    over: dict = {}
+    if data_root:
+        over["data"] = {"data_root": data_root}
+    if cache_dir:
+        over["cache_dir"] = cache_dir
+    if seed is not None:
+        over["seed"] = seed
+    return load_config(profile, over)
 
 
 def datasets() -> None:
@@ -21,6 +41,40 @@ def datasets() -> None:
     console.print(t)
 
 
+def train(
+    dataset: Annotated[str, typer.Option("--dataset", "-d", help="dataset name, e.g. chest2")],
+    arch: Annotated[str | None, typer.Option("--arch", "-a", help="architecture (default: the profile's victim)")] = None,
+    profile: ProfileOpt = "quick",
+    seed: Annotated[int | None, typer.Option("--seed")] = None,
+    data_root: DataRootOpt = None,
+    cache_dir: CacheOpt = None,
+) -> None:
+    """Train (or load from the cache) the victim of a dataset and print its clean test metrics."""
+    from medsec.evaluation.victims import get_victim
+
+    cfg = _config(profile, data_root, cache_dir, seed)
+    v = get_victim(cfg, dataset, arch)
+    console.print(f"{v.data.info.label} / {v.meta['arch_label']}: test {v.meta['test']}"
+                  f" ({'cached' if v.from_cache else 'trained'}; checkpoint {v.checkpoint})")
+
+
+def evaluate(
+    profile: ProfileOpt = "quick",
+    out: Annotated[Path, typer.Option("--out", "-o", help="output folder for the report")] = Path("reports/quick"),
+    dataset: Annotated[list[str] | None, typer.Option("--dataset", "-d", help="only these datasets")] = None,
+    data_root: DataRootOpt = None,
+    cache_dir: CacheOpt = None,
+) -> None:
+    """Train/load every victim of the profile and write their clean metrics (JSON, Markdown, HTML)."""
+    from medsec.evaluation.clean import run_clean_evaluation
+
+    cfg = _config(profile, data_root, cache_dir)
+    out_dir = run_clean_evaluation(cfg, out, dataset or None)
+    console.print(f"wrote {out_dir / 'report.md'}, {out_dir / 'report.html'}, {out_dir / 'clean_metrics.json'}")
+
+
 def register(app: typer.Typer) -> None:
     """Add the foundation commands to `app`."""
     app.command("datasets")(datasets)
+    app.command("train")(train)
+    app.command("evaluate")(evaluate)

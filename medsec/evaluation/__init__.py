@@ -1,0 +1,1 @@
+"""Metrics, victims and the experiment flow."""

@@ -1,0 +1,40 @@
+"""Shared test fixtures: a tiny registered synthetic dataset and an isolated cache."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from medsec.data.base import DatasetInfo, Split
+from medsec.data.synthetic import GENERATORS, SyntheticSpec, register
+
+torch.set_num_threads(1)
+
+
+def _blobs(n: int, size: int, rng: np.random.Generator, difficulty: float) -> Split:
+    """A tiny two-class toy: a bright blob in the centre (class 1) or not (class 0), plus noise."""
+    y = rng.integers(0, 2, n)
+    yy, xx = np.mgrid[:size, :size]
+    blob = np.exp(-((yy - size / 2) ** 2 + (xx - size / 2) ** 2) / (2 * (size / 6) ** 2))
+    x = rng.normal(0.45, 0.1 + 0.2 * difficulty, (n, 1, size, size)) + y[:, None, None, None] * blob * 0.4
+    return Split((np.clip(x, 0, 1) * 255).astype(np.uint8), y.astype(np.int64),
+                 patient_ids=np.array([f"toy{i}" for i in range(n)]))
+
+
+TOY = SyntheticSpec(DatasetInfo("toy-blobs", "classification", ("no blob", "blob"), 1, "CR", True,
+                                "test-only toy"), _blobs, 0.2)
+
+
+@pytest.fixture(autouse=True)
+def _toy_dataset():
+    register(TOY)
+    yield
+    GENERATORS.pop(TOY.info.name, None)
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    d = tmp_path / "cache"
+    monkeypatch.setenv("MEDSEC_CACHE", str(d))
+    return d

@@ -1,0 +1,78 @@
+import json
+import os
+
+import pytest
+from typer.testing import CliRunner
+
+from medsec.cli import app
+
+runner = CliRunner()
+
+
+def test_evaluate_writes_report(cache_dir, tmp_path):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text("""
+profile: tiny
+data: {image_size: 24, n_train: 80, n_val: 30, n_test: 30}
+train: {epochs: 2, batch_size: 32}
+victims: {toy-blobs: {arch: resnet20, width: 0.5, depth: 0.34}}
+""")
+    out = tmp_path / "out"
+    r = runner.invoke(app, ["evaluate", "--profile", str(cfg), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    rows = json.loads((out / "clean_metrics.json").read_text())["rows"]
+    assert rows[0]["dataset"] == "toy-blobs" and rows[0]["synthetic"] is True
+    md = (out / "report.md").read_text()
+    assert "toy-blobs (synthetic)" in md and "synthetic" in (out / "report.html").read_text()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_non_writable_output(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    from medsec.errors import MedsecError
+    from medsec.paths import ensure_writable_dir
+
+    with pytest.raises(MedsecError, match="not writable"):
+        ensure_writable_dir(ro)
+
+
+def test_output_under_a_file_is_a_clear_error(tmp_path):
+    from medsec.errors import MedsecError
+    from medsec.paths import ensure_writable_dir
+
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(MedsecError, match="cannot create output folder"):
+        ensure_writable_dir(f / "sub")
+
+
+def test_unknown_dataset_cli(cache_dir):
+    r = runner.invoke(app, ["train", "--dataset", "chest99"])
+    assert r.exit_code != 0
+    assert "chest99" in str(r.exception) or "chest99" in r.output
+
+
+def test_train_accepts_data_root(cache_dir, tmp_path):
+    from tests.data.fixtures_real import make_oct
+
+    fx = make_oct(tmp_path / "real")
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text("""
+profile: tiny
+data: {image_size: 24, n_train: 80, n_val: 30, n_test: 30}
+train: {epochs: 1, batch_size: 16}
+victims: {oct: {arch: resnet20, width: 0.25, depth: 0.34}}
+""")
+    r = runner.invoke(app, ["train", "--dataset", "oct", "--profile", str(cfg), "--data-root", str(fx.root)])
+    assert r.exit_code == 0, r.output
+    assert "oct /" in r.output and "accuracy" in r.output
+    ckpts = list((cache_dir / "models").glob("oct-resnet20-real-*.pt"))
+    assert len(ckpts) == 1
+
+
+def test_missing_data_root_is_a_clear_error(cache_dir, tmp_path):
+    r = runner.invoke(app, ["train", "--dataset", "oct", "--data-root", str(tmp_path / "nowhere")])
+    assert r.exit_code != 0
+    assert "nowhere" in str(r.exception)
