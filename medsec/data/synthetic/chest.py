@@ -413,11 +413,11 @@ _DESC = "procedural PA chest radiograph phantom (synthetic)"
 register(SyntheticSpec(
     info=DatasetInfo(name="chest14", task="multilabel", class_names=FINDINGS, channels=1, modality="CR",
                      synthetic=True, description=f"{_DESC}, 14 ChestX-ray14 findings"),
-    generate=generate_chest14, default_difficulty=0.5))
+    generate=generate_chest14, default_difficulty=0.3))
 register(SyntheticSpec(
     info=DatasetInfo(name="chest2", task="classification", class_names=("No Finding", "Finding"), channels=1,
                      modality="CR", synthetic=True, description=f"{_DESC}, any finding vs none"),
-    generate=generate_chest2, default_difficulty=0.5))
+    generate=generate_chest2, default_difficulty=0.3))
 register(SyntheticSpec(
     info=DatasetInfo(name="rsna", task="classification", class_names=("Normal", "Pneumonia"), channels=1,
                      modality="CR", synthetic=True, description=f"{_DESC}, pneumonia opacities"),

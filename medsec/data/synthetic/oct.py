@@ -152,4 +152,4 @@ def generate_oct(n: int, size: int, rng: np.random.Generator, difficulty: float)
 register(SyntheticSpec(
     info=DatasetInfo(name="oct", task="classification", class_names=CLASSES, channels=1, modality="OPT",
                      synthetic=True, description="procedural retinal OCT B-scan phantom (synthetic), 4 classes"),
-    generate=generate_oct, default_difficulty=0.5))
+    generate=generate_oct, default_difficulty=0.8))
