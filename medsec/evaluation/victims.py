@@ -24,7 +24,7 @@ from medsec.data import MedicalDataset, load_dataset
 from medsec.errors import ConfigError, MedsecError
 from medsec.models.checkpoint import load_checkpoint, save_checkpoint
 from medsec.models.networks import build_model, describe
-from medsec.models.training import evaluate_split, train_model
+from medsec.models.training import evaluate_split, seed_everything, train_model
 from medsec.paths import cache_root
 
 log = logging.getLogger(__name__)
@@ -201,7 +201,7 @@ def get_victim(
     mean, std = _channel_stats(data)
     build = {"arch": vc.arch, "in_channels": data.info.channels, "num_outputs": data.info.num_outputs,
              "task": data.info.task, "width": width, "depth": depth, "mean": mean, "std": std}
-    torch.manual_seed(seed)  # initial weights depend on the seed only, not on what ran before in the process
+    seed_everything(seed)  # the initial weights come from the seed too, not from whatever ran before
     model = build_model(**build)  # type: ignore[arg-type]
     if init_from is not None:
         load_backbone_weights(model, init_from, describe(vc.arch, width, depth))

@@ -128,4 +128,4 @@ register(SyntheticSpec(
     info=DatasetInfo(name="brain-mri", task="segmentation", class_names=("background", "lesion"), channels=1,
                      modality="MR", synthetic=True,
                      description="procedural axial FLAIR brain phantom (synthetic) with lesion masks"),
-    generate=generate_brain, default_difficulty=0.5))
+    generate=generate_brain, default_difficulty=0.7))

@@ -145,4 +145,4 @@ register(SyntheticSpec(
     info=DatasetInfo(name="ct-slices", task="classification", class_names=("Benign", "Malignant"), channels=1,
                      modality="CT", synthetic=True,
                      description="procedural lung-window CT nodule crop phantom (synthetic), benign vs malignant"),
-    generate=generate_ct, default_difficulty=0.5))
+    generate=generate_ct, default_difficulty=0.6))
