@@ -13,18 +13,14 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
+from medsec.attacks.core import check_images, guarded
 from medsec.errors import MedsecError
 
 
 def check_batch(x: object, y: object | None = None, name: str = "x") -> Tensor:
     """Float (N, C, H, W) images in [0, 1] (and, if given, one class label per image); MedsecError otherwise."""
-    if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim != 4:
-        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-        raise MedsecError(f"{name} must be a float tensor of images (N, C, H, W), got {shape}")
-    if x.shape[0] == 0:
-        raise MedsecError(f"{name} holds no images")
-    if bool(torch.isnan(x).any()) or float(x.min()) < 0.0 or float(x.max()) > 1.0:
-        raise MedsecError(f"{name} must lie in [0, 1] without NaN (medsec's pixel contract)")
+    check_images(x, name)
+    assert isinstance(x, Tensor)
     if y is not None:
         if not isinstance(y, Tensor) or y.ndim != 1 or y.is_floating_point():
             raise MedsecError("labels y must be an integer tensor (N,) of class indices (survey attacks "
@@ -37,21 +33,9 @@ def check_batch(x: object, y: object | None = None, name: str = "x") -> Tensor:
 @contextmanager
 def frozen(model: nn.Module) -> Iterator[nn.Module]:
     """Run `model` in eval mode with its parameters frozen; its mode, requires_grad flags and .grad
-    are restored afterwards (an attack never changes the model it attacks)."""
-    if not isinstance(model, nn.Module):
-        raise MedsecError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    was_training = model.training
-    params = [(p, p.requires_grad, p.grad) for p in model.parameters()]
-    model.eval()
-    for p, _, _ in params:
-        p.requires_grad_(False)
-    try:
+    are restored afterwards (the attack engine's guard, in eval mode)."""
+    with guarded([model], train_mode="eval"):
         yield model
-    finally:
-        model.train(was_training)
-        for p, rg, g in params:
-            p.requires_grad_(rg)
-            p.grad = g
 
 
 def generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:
