@@ -67,7 +67,7 @@ def _params(rng: np.random.Generator, n: int, mal: np.ndarray, d: float) -> dict
         "lobe_r": 0.5 + 0.3 * u(n),
         "var_w": np.where(m[:, None] > 0, (0.4 + 0.6 * u((n, len(PALETTE)))) * c, 0.0) * (u((n, len(PALETTE))) < 0.7),
         "strength": (0.55 + 0.35 * u(n)) * c + 0.1,
-        "ambig": np.full(n, 0.04 + 0.1 * d), "soft": np.full(n, 0.04 + 0.1 * d),
+        "ambig": np.full(n, 0.05 + 0.25 * d), "soft": np.full(n, 0.05 + 0.15 * d),
         "vignette": (u(n) < 0.4).astype(F32), "vig_r": 0.95 + 0.2 * u(n),
         "hairs": rng.integers(0, N_HAIRS + 1, n) * (u(n) < 0.35),
         "h_y": 2 * u((n, N_HAIRS)) - 1, "h_x": 2 * u((n, N_HAIRS)) - 1, "h_ang": np.pi * u((n, N_HAIRS)),
