@@ -8,6 +8,7 @@ per sample, whether the attack's goal was reached. Subclasses implement ``_attac
 from __future__ import annotations
 
 import math
+import warnings
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -285,11 +286,16 @@ class Speed:
     the returned best point re-checked in fp32); "auto" = bf16 on CUDA, fp32 on CPU.
     channels_last: hand CUDA convolutions NHWC inputs ("auto" = on for CUDA, off on CPU).
     compile: wrap the model's forward in torch.compile (cached per model; off by default).
+    fuse_bn: run the gradient passes on a copy of the model with eval-mode batch norm folded into the
+    preceding convolutions (torch.fx; the same function up to float rounding, checked on the batch when
+    the copy is made; cached per model and rebuilt when its weights change; skipped for models fx cannot
+    trace and for losses that need features). Reported success is measured on the original model.
     """
 
     precision: str = "auto"
     channels_last: bool | str = "auto"
     compile: bool = False
+    fuse_bn: bool = True
 
     def __post_init__(self) -> None:
         if self.precision not in ("auto", "fp32", "bf16"):
@@ -314,6 +320,45 @@ def _compiled(model: nn.Module) -> Any:
         fn = torch.compile(model)
         _COMPILED[model] = fn
     return fn
+
+
+_FUSED: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[Any, ...], nn.Module | None]] = weakref.WeakKeyDictionary()
+
+
+def _weights_key(model: nn.Module) -> tuple[Any, ...]:
+    """Changes whenever a parameter or buffer of `model` is modified or replaced."""
+    return tuple((t.data_ptr(), t._version) for t in [*model.parameters(), *model.buffers()])
+
+
+def fused_model(model: nn.Module, probe: Tensor) -> nn.Module | None:
+    """A copy of `model` with eval-mode batch norm folded into convolutions, or None when that is not
+    possible (training modules, no batch norm, fx cannot trace it, or the copy disagrees with the model
+    on `probe` by more than 1e-4 of the logits' scale). Cached per model and weights version."""
+    key = _weights_key(model)
+    hit = _FUSED.get(model)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    fused: nn.Module | None = None
+    if (not any(m.training for m in model.modules())
+            and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())):
+        try:
+            with warnings.catch_warnings():  # the module's imports warn about torch.jit deprecations
+                warnings.simplefilter("ignore")
+                from torch.fx.experimental.optimization import fuse
+
+                cand = fuse(model)
+            for p in cand.parameters():
+                p.requires_grad_(False)
+            with torch.no_grad():
+                a, b = model(probe), cand(probe)
+            if isinstance(a, Tensor) and isinstance(b, Tensor) and a.shape == b.shape:
+                tol = 1e-4 * max(float(a.abs().max()), 1.0)
+                if float((a - b).abs().max()) <= tol:
+                    fused = cand
+        except Exception:  # fx cannot trace every model: fall back to the model itself
+            fused = None
+    _FUSED[model] = (key, fused)
+    return fused
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -353,6 +398,13 @@ class AttackContext:
         self.separate_check = not (len(grad_models) == 1 and grad_models[0] is model)
         self._clean_outputs: Tensor | None = None
         self._clean_success: Tensor | None = None
+        self.fast: dict[int, nn.Module] = {}  # id(model) -> its batch-norm-folded copy
+        if self.speed.fuse_bn and not self.need_features:
+            probe = x[: min(16, x.shape[0])]
+            for m in {id(m): m for m in [model, *grad_models]}.values():
+                f = fused_model(m, probe)
+                if f is not None:
+                    self.fast[id(m)] = f
         self._task: AttackTask | None = None
         self._goal: Goal | None = None
 
@@ -420,7 +472,8 @@ class AttackContext:
                     )
                 out, feats = ff(x)
             else:
-                fwd = _compiled(model) if self.speed.compile else model
+                net = model if exact else self.fast.get(id(model), model)
+                fwd = _compiled(net) if self.speed.compile else net
                 out = fwd(x)
         if not isinstance(out, Tensor):
             raise MedsecError(f"model must return a logits tensor, got {type(out).__name__}")
@@ -576,7 +629,7 @@ class Attack:
       grad_model: model (or list of models) whose gradients drive the attack; success is judged on the
         model passed at call time (BPDA, surrogate/ensemble gradients).
       seed: seed of the attack's own generator (the global RNG is left alone); None = nondeterministic.
-      precision / channels_last / compile: see Speed. train_mode: see guarded().
+      precision / channels_last / compile / fuse_bn: see Speed. train_mode: see guarded().
       batch_size: attack in chunks of this many images (None = all at once).
     """
 
@@ -589,7 +642,7 @@ class Attack:
                  success: SuccessFn | None = None, task: AttackTask | None = None,
                  grad_model: nn.Module | Sequence[nn.Module] | None = None, seed: int | None = 0,
                  precision: str = "auto", channels_last: bool | str = "auto", compile: bool = False,
-                 train_mode: str = "raise", batch_size: int | None = None) -> None:
+                 fuse_bn: bool = True, train_mode: str = "raise", batch_size: int | None = None) -> None:
         self.targeted = bool(targeted)
         self.loss = resolve_loss(loss)
         if extra is not None:
@@ -606,7 +659,7 @@ class Attack:
         self.task = task
         self.grad_model = grad_model
         self.seed = seed
-        self.speed = Speed(precision, channels_last, compile)
+        self.speed = Speed(precision, channels_last, compile, bool(fuse_bn))
         if train_mode not in ("raise", "eval"):
             raise MedsecError(f"train_mode must be 'raise' or 'eval', got {train_mode!r}")
         self.train_mode = train_mode
@@ -632,6 +685,8 @@ class Attack:
         if y.shape[0] != x.shape[0]:
             raise MedsecError(f"labels y hold {y.shape[0]} rows for {x.shape[0]} images")
         y = y.to(x.device)
+        if not (y.is_floating_point() or y.dtype == torch.bool or y.dtype == torch.long):
+            y = y.long()  # int32/uint8 class ids or masks
         gms = self._grad_models(model)
         gen = None
         if self.seed is not None:
@@ -676,7 +731,7 @@ class Attack:
                 changed = True
         succ = res.success
         if verify:
-            if changed or self.speed.bf16(ctx.device):
+            if changed or self.speed.bf16(ctx.device) or ctx.fast:
                 succ = ctx.verify(x_adv)
             elif res.checked is not None and not bool(res.checked.all()):
                 rows = (~res.checked).nonzero().squeeze(1)

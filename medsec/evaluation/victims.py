@@ -21,7 +21,7 @@ from medsec.data import MedicalDataset, load_dataset
 from medsec.errors import ConfigError, MedsecError
 from medsec.models.checkpoint import load_checkpoint, save_checkpoint
 from medsec.models.networks import build_model, describe
-from medsec.models.training import evaluate_split, train_model
+from medsec.models.training import evaluate_split, seed_everything, train_model
 from medsec.paths import cache_root
 
 log = logging.getLogger(__name__)
@@ -105,6 +105,7 @@ def get_victim(
     mean, std = _channel_stats(data)
     build = {"arch": vc.arch, "in_channels": data.info.channels, "num_outputs": data.info.num_outputs,
              "task": data.info.task, "width": width, "depth": depth, "mean": mean, "std": std}
+    seed_everything(seed)  # the initial weights come from the seed too, not from whatever ran before
     model = build_model(**build)  # type: ignore[arg-type]
     t0 = time.perf_counter()
     result = train_model(model, data, cfg.train, seed=seed, device=device,

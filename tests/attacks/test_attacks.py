@@ -132,7 +132,7 @@ def test_early_stop_removes_fooled_samples(clf):
     rows: list[int] = []
     h = model.register_forward_hook(lambda m, i, o: rows.append(i[0].shape[0]))
     try:
-        res = PGD(eps=0.2, steps=10, early_stop=True).run(model, x, y)
+        res = PGD(eps=0.2, steps=10, early_stop=True, fuse_bn=False).run(model, x, y)
     finally:
         h.remove()
     assert res.success.all()
@@ -160,3 +160,29 @@ def test_cw_unbounded_finds_small_perturbations(clf):
     assert df.success.all()
     # C&W optimises the norm: on average no larger than DeepFool's (which overshoots)
     assert float(res.info["l2"].mean()) <= float(df.info["size"].mean()) * 1.1
+
+
+def test_int32_labels_are_accepted(clf):
+    model, x, y = clf
+    res = PGD(eps=EPS, steps=5).run(model, x, y.int())
+    assert res.success_rate > 0.5
+
+
+@pytest.mark.parametrize("name", ["fgsm", "bim", "pgd", "mim", "cw-linf", "apgd-ce", "apgd-dlr", "cascade"])
+def test_registry_builds_linf_attacks(clf, name):
+    from medsec.attacks import build_attack
+
+    model, x, y = clf
+    atk = build_attack(name, 0.1, steps=5, num_classes=3)
+    xa = atk(model, x, y)
+    assert float((xa - x).abs().max()) <= 0.1 + 1e-6
+    assert accuracy(model, xa, y) < 0.5
+
+
+def test_registry_l2_defaults(clf):
+    from medsec.attacks import build_attack
+    from medsec.errors import MedsecError
+
+    assert build_attack("cw", 1.0).norm == "l2" and build_attack("deepfool", 1.0).norm == "l2"
+    with pytest.raises(MedsecError, match="cw-linf"):
+        build_attack("cw", 0.1, norm="linf")

@@ -174,3 +174,53 @@ def test_momentum_and_schedules_stay_in_ball(clf, norm, eps):
         d = (xa - x).flatten(1)
         size = d.abs().amax(1) if norm == "linf" else d.norm(dim=1)
         assert float(size.max()) <= eps * (1 + 1e-5) + 1e-7
+
+
+def test_batchnorm_folding_is_the_same_attack(clf):
+    from medsec.attacks.core import fused_model
+
+    model, x, y = clf
+    fused = fused_model(model, x[:8])
+    assert fused is not None and fused is not model
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
+    assert fused_model(model, x[:8]) is fused  # cached
+    a = BIM_(fuse_bn=True).run(model, x, y)
+    b = BIM_(fuse_bn=False).run(model, x, y)
+    assert float((a.x_adv != b.x_adv).float().mean()) < 0.01  # a sign may flip on float rounding
+    with torch.no_grad():  # reported success is measured on the original model
+        assert torch.equal(a.success, model(a.x_adv).argmax(1) != y)
+    # new weights -> a new folded copy
+    m2 = copy.deepcopy(model)
+    f2 = fused_model(m2, x[:8])
+    with torch.no_grad():
+        m2.body[1].running_mean.add_(0.1)
+    f3 = fused_model(m2, x[:8])
+    assert f3 is not None and f3 is not f2
+    with torch.no_grad():
+        assert torch.allclose(f3(x), m2(x), atol=1e-4)
+
+
+def test_untraceable_model_falls_back(clf):
+    from medsec.attacks.core import fused_model
+
+    model, x, y = clf
+
+    class Branchy(nn.Module):
+        def __init__(self, inner: nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, z: Tensor) -> Tensor:
+            if float(z.detach().mean()) > 2.0:  # data-dependent control flow: fx cannot trace it
+                return -self.inner(z)
+            return self.inner(z)
+
+    b = Branchy(model).eval()
+    assert fused_model(b, x[:8]) is None
+    assert PGD(eps=0.1, steps=5).run(b, x, y).success_rate > 0.5
+
+
+def BIM_(**kw):
+    from medsec.attacks import BIM
+
+    return BIM(eps=0.1, steps=5, **kw)

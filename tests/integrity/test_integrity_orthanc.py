@@ -1,6 +1,6 @@
 """End to end with a real PACS: Orthanc stores signed images, an insider overwrites one, Orthanc sends them
 to the gated Storage SCP. Runs our own Orthanc on loopback ports with its own config and storage, stopped by
-its PID; skipped when Orthanc is not installed (CI does not install it)."""
+its PID; skipped when Orthanc is not installed (.ci/run installs it)."""
 
 from __future__ import annotations
 
