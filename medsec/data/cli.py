@@ -18,6 +18,10 @@ def export_dicom(
     size: int = typer.Option(64, "--size", help="image size in pixels"),
     seed: int = typer.Option(0, "--seed", help="dataset seed"),
     difficulty: float | None = typer.Option(None, "--difficulty", help="override the default difficulty"),
+    split_size: int | None = typer.Option(
+        None, "--split-size",
+        help="images in the generated split (default: n). Every image depends on the split size, so pass the "
+             "evaluation's size (e.g. 300, the quick profile's test split) to export exactly its first n images"),
     fresh_uids: bool = typer.Option(False, "--fresh-uids", help="new random UIDs instead of deterministic ones"),
     cache_dir: Path | None = typer.Option(None, "--cache-dir", help="dataset cache folder"),
 ) -> None:
@@ -29,9 +33,12 @@ def export_dicom(
 
     if n < 1:
         raise MedsecError(f"--n must be at least 1, got {n}")
+    total = n if split_size is None else split_size
+    if total < n:
+        raise MedsecError(f"--split-size ({total}) must be at least --n ({n})")
     ensure_writable_dir(out)
-    # Generate only as many images as needed in the requested split (the others stay tiny).
-    sizes = {s: (n if s == split else 1) for s in ("train", "val", "test")}
+    # Generate only the requested split at its size (the other splits stay tiny).
+    sizes = {s: (total if s == split else 1) for s in ("train", "val", "test")}
     if split not in sizes:
         raise MedsecError(f"unknown split {split!r}; expected train, val or test")
     ds = load_dataset(dataset, size=size, n_train=sizes["train"], n_val=sizes["val"], n_test=sizes["test"],

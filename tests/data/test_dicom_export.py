@@ -115,6 +115,12 @@ def test_cli_export_dicom(tmp_path: Path) -> None:
     # the same image as the library gives
     ds = generate_synthetic("isic", size=32, n_train=1, n_val=1, n_test=3, seed=1)
     np.testing.assert_array_equal(read_dicom_pixels(files[2]), ds.test.pixels[2])
+    # --split-size reproduces the images of a larger evaluation split
+    res = runner.invoke(app, ["export-dicom", "--dataset", "oct", "--n", "2", "--split-size", "6", "--out",
+                              str(tmp_path / "oct"), "--size", "32", "--cache-dir", str(tmp_path / "cache")])
+    assert res.exit_code == 0, res.output
+    ds = generate_synthetic("oct", size=32, n_train=1, n_val=1, n_test=6, seed=0)
+    np.testing.assert_array_equal(read_dicom_pixels(tmp_path / "oct" / "oct_test_00001.dcm"), ds.test.pixels[1])
 
 
 def test_cli_export_dicom_errors(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+import scipy.fft as sfft
 
 CHUNK = 128  # images rendered at once (fixed, so results never depend on it)
 
@@ -47,26 +48,31 @@ def gauss(d2: np.ndarray) -> np.ndarray:
     return np.exp(-0.5 * d2).astype(F32)
 
 
-def _freq2(size: int) -> np.ndarray:
+def _freq2(size: int, full: bool = False) -> np.ndarray:
     fy = np.fft.fftfreq(size).astype(F32)
-    fx = np.fft.rfftfreq(size).astype(F32)
+    fx = (np.fft.fftfreq(size) if full else np.fft.rfftfreq(size)).astype(F32)
     return (fy[:, None] ** 2 + fx[None, :] ** 2).astype(F32)
 
 
+def _gauss_filter(size: int, sigma_px: float) -> tuple[np.ndarray, float]:
+    """Half-spectrum Gaussian transfer function and the std it gives unit white noise."""
+    h = np.exp(-2.0 * np.pi**2 * sigma_px**2 * _freq2(size)).astype(F32)
+    h_full = np.exp(-2.0 * np.pi**2 * sigma_px**2 * _freq2(size, full=True))
+    return h, float(np.sqrt(np.mean(h_full**2)))
+
+
 def smooth_noise(rng: np.random.Generator, m: int, size: int, scale: float) -> np.ndarray:
-    """Gaussian random fields (m, size, size), zero mean and unit std per image.
+    """Gaussian random fields (m, size, size) with zero mean and unit variance (in expectation).
 
     `scale` is the correlation length as a fraction of the image width, so the texture looks the
-    same at every resolution (it is filtered in the Fourier domain).
+    same at every resolution (white noise filtered in the Fourier domain, in float32).
     """
     white = rng.standard_normal((m, size, size), dtype=F32)
     sigma_px = max(scale * size, 0.3)
-    # Gaussian blur with std sigma_px pixels: transfer function exp(-2 pi^2 sigma^2 f^2).
-    h = np.exp(-2.0 * np.pi**2 * sigma_px**2 * _freq2(size)).astype(F32)
-    f = np.fft.irfft2(np.fft.rfft2(white) * h, s=(size, size)).astype(F32)
-    f -= f.mean(axis=(1, 2), keepdims=True)
-    f /= f.std(axis=(1, 2), keepdims=True) + 1e-6
-    return f
+    h, std = _gauss_filter(size, sigma_px)
+    spec = sfft.rfft2(white, workers=1)
+    spec *= h / std
+    return sfft.irfft2(spec, s=(size, size), workers=1).astype(F32, copy=False)
 
 
 def blur(img: np.ndarray, scale: float) -> np.ndarray:
@@ -75,8 +81,8 @@ def blur(img: np.ndarray, scale: float) -> np.ndarray:
     sigma_px = scale * size
     if sigma_px < 0.3:
         return img.astype(F32)
-    h = np.exp(-2.0 * np.pi**2 * sigma_px**2 * _freq2(size)).astype(F32)
-    return np.fft.irfft2(np.fft.rfft2(img) * h, s=img.shape[-2:]).astype(F32)
+    h, _ = _gauss_filter(size, sigma_px)
+    return sfft.irfft2(sfft.rfft2(img.astype(F32), workers=1) * h, s=img.shape[-2:], workers=1).astype(F32)
 
 
 def polar(y: np.ndarray, x: np.ndarray, cy: np.ndarray, cx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -104,15 +104,16 @@ def _render(p: dict[str, np.ndarray], sl: slice, size: int, rng: np.random.Gener
     nod = soft_step(bound - r, edge)
     spikes = np.zeros((m, size, size), F32)
     thick = max(0.025, 0.8 * px)
-    for k in range(N_SPIKES):
-        on = col((P["n_spikes"] > k).astype(F32))
-        ang = col(P["spike_ang"][:, k])
-        length = col(P["radius"] * (1 + P["spike_len"][:, k]))
-        t = (x - cx) * np.cos(ang) + (y - cy) * np.sin(ang)
-        q = -(x - cx) * np.sin(ang) + (y - cy) * np.cos(ang)
+    idx = np.flatnonzero(P["n_spikes"] > 0)  # spiculated (malignant) nodules only
+    for k in range(N_SPIKES if idx.size else 0):
+        on = col((P["n_spikes"][idx] > k).astype(F32))
+        ang = col(P["spike_ang"][idx, k])
+        length = col(P["radius"][idx] * (1 + P["spike_len"][idx, k]))
+        t = (x - cx[idx]) * np.cos(ang) + (y - cy[idx]) * np.sin(ang)
+        q = -(x - cx[idx]) * np.sin(ang) + (y - cy[idx]) * np.cos(ang)
         taper = np.clip(1 - t / length, 0, 1)
         line = gauss((q / (thick * (0.5 + taper))) ** 2) * soft_step(t, px) * np.sqrt(taper)
-        spikes = np.maximum(spikes, on * line)
+        spikes[idx] = np.maximum(spikes[idx], on * line)
     halo = col(P["halo"]) * 0.25 * soft_step(1.5 * bound - r, 0.1)
     core = col(P["calcified"]) * soft_step(0.45 * col(P["radius"]) - r, max(0.02, px))
     dens = col(P["density"])

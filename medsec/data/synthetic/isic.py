@@ -67,7 +67,7 @@ def _params(rng: np.random.Generator, n: int, mal: np.ndarray, d: float) -> dict
         "lobe_r": 0.5 + 0.3 * u(n),
         "var_w": np.where(m[:, None] > 0, (0.4 + 0.6 * u((n, len(PALETTE)))) * c, 0.0) * (u((n, len(PALETTE))) < 0.7),
         "strength": (0.55 + 0.35 * u(n)) * c + 0.1,
-        "ambig": np.full(n, 0.04 + 0.1 * d), "soft": np.full(n, 0.04 + 0.1 * d),
+        "ambig": np.full(n, 0.05 + 0.25 * d), "soft": np.full(n, 0.05 + 0.15 * d),
         "vignette": (u(n) < 0.4).astype(F32), "vig_r": 0.95 + 0.2 * u(n),
         "hairs": rng.integers(0, N_HAIRS + 1, n) * (u(n) < 0.35),
         "h_y": 2 * u((n, N_HAIRS)) - 1, "h_x": 2 * u((n, N_HAIRS)) - 1, "h_ang": np.pi * u((n, N_HAIRS)),
@@ -108,9 +108,13 @@ def _render(p: dict[str, np.ndarray], sl: slice, size: int, rng: np.random.Gener
     brown = P["brown"].astype(F32)[:, :, None, None] * (1 - 0.25 * centre[:, None])
     net = 0.06 * (gauss((smooth_noise(rng, m, size, 0.012) / 0.4) ** 2))[:, None]
     colour = brown - net
-    for k in range(len(PALETTE)):
-        w = col(P["var_w"][:, k]) * soft_step(smooth_noise(rng, m, size, 0.06) - 0.5, 0.6)
-        colour = colour * (1 - w[:, None]) + PALETTE[k][None, :, None, None] * w[:, None]
+    idx = np.flatnonzero(P["var_w"].sum(axis=1) > 0)  # colour variegation: malignant lesions only
+    if idx.size:
+        sub = colour[idx]
+        for k in range(len(PALETTE)):
+            w = col(P["var_w"][idx, k]) * soft_step(smooth_noise(rng, idx.size, size, 0.06) - 0.5, 0.6)
+            sub = sub * (1 - w[:, None]) + PALETTE[k][None, :, None, None] * w[:, None]
+        colour[idx] = sub
     alpha = (col(P["strength"]) * vis)[:, None]
     img = img * (1 - alpha) + colour * alpha
     # freckles outside the annotated lesion
@@ -119,16 +123,20 @@ def _render(p: dict[str, np.ndarray], sl: slice, size: int, rng: np.random.Gener
         fr, _ = polar(y, x, col(P["f_y"][:, k]), col(P["f_x"][:, k]))
         spot = on * 0.5 * soft_step(col(P["f_r"][:, k]) - fr, max(0.03, px)) * (1 - vis)
         img = img * (1 - spot[:, None]) + P["brown"].astype(F32)[:, :, None, None] * spot[:, None]
-    # hairs: thin dark curved strands
-    hair = np.zeros((m, size, size), F32)
-    for k in range(N_HAIRS):
-        on = col((P["hairs"] > k).astype(F32))
-        a = col(P["h_ang"][:, k])
-        t = (x - col(P["h_x"][:, k])) * np.cos(a) + (y - col(P["h_y"][:, k])) * np.sin(a)
-        q = -(x - col(P["h_x"][:, k])) * np.sin(a) + (y - col(P["h_y"][:, k])) * np.cos(a)
-        dist = np.abs(q - col(P["h_curv"][:, k]) * t**2 * 0.3)
-        hair = np.maximum(hair, on * gauss((dist / max(0.008, 0.5 * px)) ** 2) * soft_step(0.9 - np.abs(t), 0.1))
-    img = img * (1 - 0.8 * hair[:, None]) + 0.8 * hair[:, None] * np.array([0.15, 0.1, 0.08], F32)[None, :, None, None]
+    # hairs: thin dark curved strands (only on the images that have hairs)
+    idx = np.flatnonzero(P["hairs"] > 0)
+    if idx.size:
+        hair = np.zeros((idx.size, size, size), F32)
+        for k in range(N_HAIRS):
+            on = col((P["hairs"][idx] > k).astype(F32))
+            a = col(P["h_ang"][idx, k])
+            t = (x - col(P["h_x"][idx, k])) * np.cos(a) + (y - col(P["h_y"][idx, k])) * np.sin(a)
+            q = -(x - col(P["h_x"][idx, k])) * np.sin(a) + (y - col(P["h_y"][idx, k])) * np.cos(a)
+            dist = np.abs(q - col(P["h_curv"][idx, k]) * t**2 * 0.3)
+            strand = gauss((dist / max(0.008, 0.5 * px)) ** 2) * soft_step(0.9 - np.abs(t), 0.1)
+            hair = np.maximum(hair, on * strand)
+        dark = np.array([0.15, 0.1, 0.08], F32)[None, :, None, None]
+        img[idx] = img[idx] * (1 - 0.8 * hair[:, None]) + 0.8 * hair[:, None] * dark
     # dermoscope vignette and sensor noise
     rr = np.sqrt(x**2 + y**2)
     vig = 1 - col(P["vignette"]) * soft_step(rr - col(P["vig_r"]), 0.08)
