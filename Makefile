@@ -25,7 +25,7 @@ run: $(VENV)/.installed
 	$(VENV)/bin/medsec evaluate --profile $(PROFILE) --out $(OUT)
 
 lint: $(VENV)/.installed-test
-	$(VENV)/bin/ruff check medsec tests benchmarks
+	$(VENV)/bin/ruff check medsec tests $(wildcard benchmarks)
 	$(VENV)/bin/mypy medsec
 
 test: lint

@@ -1,0 +1,30 @@
+"""Adversarial attacks: one gradient engine, composable losses, and the standard attacks.
+
+Every attack follows DESIGN.md's call shape: ``PGD(eps=8/255, alpha=2/255, steps=10)(model, x, y) -> x_adv``
+with x in [0, 1]; ``attack.run(model, x, y)`` also returns per-sample success. See docs/attacks.md.
+"""
+
+from medsec.attacks.apgd import APGD
+from medsec.attacks.cascade import Cascade
+from medsec.attacks.core import Attack, AttackResult, Speed, project
+from medsec.attacks.cw import CW
+from medsec.attacks.deepfool import DeepFool
+from medsec.attacks.engine import BIM, FGSM, MIM, PGD, CWLinf, GradientAttack, mean_of_signs
+from medsec.attacks.losses import (
+    BCE,
+    DLR,
+    CrossEntropy,
+    Dice,
+    ExtraTerm,
+    Loss,
+    LossInput,
+    Margin,
+    Sum,
+    Weighted,
+)
+
+__all__ = [
+    "APGD", "CW", "Cascade", "DeepFool", "BCE", "BIM", "DLR", "FGSM", "MIM", "PGD", "Attack", "AttackResult", "CWLinf", "CrossEntropy", "Dice",
+    "ExtraTerm", "GradientAttack", "Loss", "LossInput", "Margin", "Speed", "Sum", "Weighted", "mean_of_signs",
+    "project",
+]
