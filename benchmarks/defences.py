@@ -156,7 +156,8 @@ SECTIONS = {"mgm": section_mgm, "ensemble": section_ensemble, "gmm": section_gmm
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sections", default=",".join(SECTIONS))
-    ap.add_argument("--profile", default="quick")
+    ap.add_argument("--profile", default=str(Path(__file__).with_name("defences-small.yaml")),
+                    help="base config (default: benchmarks/defences-small.yaml; the flags below override it)")
     ap.add_argument("--image-size", type=int, default=32)
     ap.add_argument("--n-train", type=int, default=600)
     ap.add_argument("--n-test", type=int, default=200)
@@ -168,8 +169,7 @@ def main() -> None:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     over: dict[str, Any] = {"data": {"image_size": a.image_size, "n_train": a.n_train, "n_val": max(100, a.n_train // 5),
                                      "n_test": a.n_test},
-                            "train": {"epochs": a.epochs, "patience": 3},
-                            "victims": {"ct-slices": {"arch": "resnet20", "width": 0.5, "depth": 0.34}}}
+                            "train": {"epochs": a.epochs, "patience": 3}}
     if a.cache_dir:
         over["cache_dir"] = a.cache_dir
     cfg = load_config(a.profile, over)
