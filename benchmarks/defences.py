@@ -10,11 +10,12 @@ Claims checked (issue 4), each printed with PASS/FAIL and the numbers:
             model's (rsna)
   Denoiser  >= 10 points more accuracy than the undefended victim under a black-box transfer attack (PGD
             crafted on an independently trained surrogate of the victim's architecture) (rsna)
-  RBF       clean accuracy / Dice within 5 points of the plain network (chest2, brain-mri)
+  RBF       clean accuracy / Dice no more than 5 points below the plain network (chest2, brain-mri)
 and for every defence: clean performance within 5 points of its undefended victim.
 
 The default scale is smaller than the quick profile (32 px, 600 training images, 8 epochs) so that all
-sections finish in minutes on a shared 2-core CPU; every knob is a flag. Results go to --out as JSON
+sections finish in minutes on a shared 2-core CPU; every knob is a flag (the rsna sections, GMM and
+Denoiser, need --image-size 64: at 32 px the pneumonia opacities are too small to learn well). Results go to --out as JSON
 (one file per section; a rerun reuses finished sections unless --force).
 """
 
@@ -130,7 +131,8 @@ def section_denoiser(cfg: ExperimentConfig) -> dict[str, Any]:
 
 
 def section_rbf(cfg: ExperimentConfig) -> dict[str, Any]:
-    out: dict[str, Any] = {"claim": "clean accuracy / Dice within 5 points of the plain network", "rows": []}
+    out: dict[str, Any] = {"claim": "clean accuracy / Dice no more than 5 points below the plain network",
+                           "rows": []}
     ok = True
     for ds in ("chest2", "brain-mri"):
         v = get_victim(cfg, ds)
@@ -144,7 +146,7 @@ def section_rbf(cfg: ExperimentConfig) -> dict[str, Any]:
             plain_v, rbf_v = _acc(v.model, x, y), _acc(rbf, x, y)
         out["rows"].append({"dataset": v.data.info.label, "plain": v.meta["arch_label"], "metric": metric,
                             "plain_clean": plain_v, "rbf_clean": rbf_v, "rbf_layers": len(rbf.rbf_layers)})
-        ok = ok and abs(rbf_v - plain_v) <= 5
+        ok = ok and rbf_v >= plain_v - 5  # no clean cost; being better than the plain network is fine
     out["pass"] = ok
     return out
 
