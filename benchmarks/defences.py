@@ -166,6 +166,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--out", default="reports/benchmarks/defences")
     ap.add_argument("--cache-dir", default=None)
+    ap.add_argument("--ssat-epochs", type=int, default=None, help="GMM: SSAT epochs (default: the config's, 5)")
     ap.add_argument("--force", action="store_true")
     a = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -174,6 +175,8 @@ def main() -> None:
                             "train": {"epochs": a.epochs, "patience": 3}}
     if a.cache_dir:
         over["cache_dir"] = a.cache_dir
+    if a.ssat_epochs is not None:
+        over["defences"] = {"gmm": {"ssat_epochs": a.ssat_epochs}}
     cfg = load_config(a.profile, over)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -185,7 +188,8 @@ def main() -> None:
             t0 = time.perf_counter()
             res = SECTIONS[name](cfg)
             res["seconds"] = round(time.perf_counter() - t0, 1)
-            res["scale"] = {"image_size": a.image_size, "n_train": a.n_train, "n_test": a.n_test, "epochs": a.epochs}
+            res["scale"] = {"image_size": a.image_size, "n_train": a.n_train, "n_test": a.n_test, "epochs": a.epochs,
+                            "ssat_epochs": cfg.defences.gmm.ssat_epochs}
             path.write_text(json.dumps(res, indent=2))
         print(f"== {name}: {'PASS' if res['pass'] else 'FAIL'} ({res['claim']})")
         print(json.dumps({k: v for k, v in res.items() if k not in ("claim", "pass")}, indent=1))
