@@ -19,13 +19,14 @@ from medsec.errors import MedsecError
 console = Console()
 
 
-def _li_zhu(cfg: ExperimentConfig, out: Path) -> Path:
-    from medsec.evaluation.li_zhu import run_li_zhu
+def _li_zhu(cfg: ExperimentConfig, out: Path, n_images: int | None = None) -> Path:
+    from medsec.evaluation.li_zhu import MAX_IMAGES, run_li_zhu
 
-    return run_li_zhu(cfg, out)
+    return run_li_zhu(cfg, out, n_images or MAX_IMAGES)
 
 
-REPRODUCERS: dict[str, Callable[[ExperimentConfig, Path], Path]] = {"li-zhu-2020": _li_zhu}
+# name -> runner(cfg, out_dir, n_images) -> out_dir (n_images None = the paper's / profile's number)
+REPRODUCERS: dict[str, Callable[[ExperimentConfig, Path, int | None], Path]] = {"li-zhu-2020": _li_zhu}
 DEFAULT_PAPER = "li-zhu-2020"
 OUTPUT_NAMES = {"li-zhu-2020": "li_zhu_2020.json"}
 
@@ -50,13 +51,15 @@ def reproduce(
     seed: Annotated[int | None, typer.Option("--seed")] = None,
     device: Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda")] = None,
     cache_dir: Annotated[str | None, typer.Option("--cache-dir", help="cache folder")] = None,
+    n_images: Annotated[int | None, typer.Option("--n-images", min=1,
+                                                 help="at most this many test images (default: the paper's)")] = None,
 ) -> None:
     """Reproduce a paper's table on the embedded data (resumable: finished cells are kept)."""
     name = paper or DEFAULT_PAPER
     if name not in REPRODUCERS:
         raise MedsecError(f"unknown paper {name!r} for --paper; available: {', '.join(REPRODUCERS)}")
     cfg = _config(profile, cache_dir, seed, device)
-    out_dir = REPRODUCERS[name](cfg, out or Path("reports") / f"{name}-{cfg.profile}")
+    out_dir = REPRODUCERS[name](cfg, out or Path("reports") / f"{name}-{cfg.profile}", n_images)
     results = OUTPUT_NAMES.get(name, "results.json")
     console.print(f"wrote {out_dir / results}, {out_dir / 'report.md'}, {out_dir / 'report.html'}")
 

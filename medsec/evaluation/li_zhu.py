@@ -101,7 +101,10 @@ def _cell(cfg: ExperimentConfig, setting: str, attack: str, ctx: dict[str, Any])
                        for i in range(0, len(x), 100)])
     xs = torch.cat([x, x_adv])
     ys = torch.cat([y, y])
-    probs = torch.sigmoid(batched(victim, xs, 128, dev))
+    # one pass: every detector models the victim's features, and the victim's head classifies them
+    feats = batched(victim.features, xs, 128, dev)
+    with torch.no_grad():
+        probs = torch.sigmoid(victim.head(feats.to(dev))).cpu()
     row: dict[str, Any] = {"setting": setting, "attack": attack, "eps": eps, "n_clean": len(x), "n_adv": len(x),
                            "crafted_on": "victim" if src is victim else "surrogate", "methods": {}}
     au, sd = _auroc_stats(probs, ys)
@@ -109,8 +112,9 @@ def _cell(cfg: ExperimentConfig, setting: str, attack: str, ctx: dict[str, Any])
     row["top_finding_flipped"] = float((probs[len(x):].argmax(1) != top).float().mean())
     row["methods"]["none"] = {"f1": 0.0, "auroc": au, "auroc_std": sd, "accepted": 1.0}
     for name, det in dets.items():
-        flags = batched(det.detect, xs, 128, dev).bool()
-        scores = batched(det.score, xs, 128, dev)
+        with torch.no_grad():
+            scores = det.score_features(feats.to(dev)).cpu()
+        flags = scores > float(det.threshold)  # exactly what det.detect(x) decides
         acc = ~flags
         au, sd = _auroc_stats(probs[acc], ys[acc]) if acc.sum() > 1 else (float("nan"), float("nan"))
         row["methods"][name] = {
