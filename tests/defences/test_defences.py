@@ -1,0 +1,238 @@
+"""Defences: the maths against reference implementations, the threshold, save/load, and errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import multivariate_normal
+
+from medsec.config import TrainConfig
+from medsec.data import load_dataset
+from medsec.data.base import DatasetInfo, MedicalDataset, Split
+from medsec.defences import (
+    GMM,
+    ISO,
+    MGM,
+    OCSVM,
+    RBF,
+    Denoiser,
+    Ensemble,
+    Gaussian,
+    KernelizedManifoldMapping,
+    NotFittedError,
+    adversarial_risk,
+    build_network,
+    load_defence,
+)
+from medsec.errors import MedsecError
+
+TINY = TrainConfig(epochs=1, batch_size=32, patience=1, augment=False)
+
+
+def _spec(arch: str = "resnet20", task: str = "classification", k: int = 2) -> dict:
+    return {"factory": "build_model", "args": {"arch": arch, "in_channels": 1, "num_outputs": k, "task": task,
+                                               "width": 0.25, "depth": 0.34, "mean": [0.5], "std": [0.25]}}
+
+
+@pytest.fixture
+def toy(cache_dir) -> MedicalDataset:
+    return load_dataset("toy-blobs", size=16, n_train=96, n_val=32, n_test=32, seed=0)
+
+
+def _tiny_classifier() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_network(_spec()).eval()
+
+
+def _seg_data() -> MedicalDataset:
+    rng = np.random.default_rng(0)
+
+    def split(n: int) -> Split:
+        masks = np.zeros((n, 16, 16), np.int64)
+        masks[:, 4:10, 5:12] = 1
+        px = (np.clip(rng.normal(0.3, 0.1, (n, 1, 16, 16)) + 0.4 * masks[:, None], 0, 1) * 255).astype(np.uint8)
+        return Split(px, masks)
+
+    info = DatasetInfo("toy-seg", "segmentation", ("background", "lesion"), 1, "MR", True)
+    return MedicalDataset(info, split(32), split(8), split(8))
+
+
+# --- Gaussian ------------------------------------------------------------------------------------------------
+
+def test_log_likelihood_equals_scipy():
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=(6, 6))
+    feats = rng.normal(size=(300, 6)) @ a + rng.normal(size=6)
+    g = Gaussian().fit(torch.from_numpy(feats), reg=1e-3, relative=False)
+    cov = np.cov(feats.T, bias=True) + 1e-3 * np.eye(6)
+    y = rng.normal(size=(20, 6)) * 3
+    ref = multivariate_normal(feats.mean(0), cov).logpdf(y)
+    np.testing.assert_allclose(g.log_prob(torch.from_numpy(y)).numpy(), ref, rtol=1e-5, atol=1e-3)
+
+
+def test_singular_covariance_is_regularised():
+    rng = np.random.default_rng(2)
+    feats = np.zeros((10, 30))  # fewer samples than dimensions, and dead (constant) features
+    feats[:, :5] = rng.normal(size=(10, 5))
+    g = Gaussian().fit(torch.from_numpy(feats))
+    lp = g.log_prob(torch.from_numpy(rng.normal(size=(4, 30))))
+    assert torch.isfinite(lp).all()
+    assert float(g.lam) > 0
+    # a point off the training subspace is far less likely than a training point
+    assert float(g.log_prob(torch.from_numpy(feats[:1]))) > float(lp.max())
+
+
+def test_gaussian_rejects_bad_input():
+    with pytest.raises(MedsecError, match="n >= 2"):
+        Gaussian().fit(torch.zeros(1, 3))
+    with pytest.raises(MedsecError, match="before fit"):
+        Gaussian().log_prob(torch.zeros(2, 3))
+
+
+# --- detectors ------------------------------------------------------------------------------------------------
+
+def test_mgm_threshold_keeps_95_percent_of_clean_training_features():
+    rng = np.random.default_rng(3)
+    feats = torch.from_numpy(rng.normal(size=(1000, 8))).float()
+    mgm = MGM(_tiny_classifier()).fit_features(feats)
+    rejected = (mgm.score_features(feats) > mgm.threshold).float().mean().item()
+    assert abs(rejected - 0.05) <= 0.002
+    far = feats[:50] + 6.0
+    assert (mgm.score_features(far) > mgm.threshold).all()
+
+
+def test_ocsvm_and_iso_match_scikit_learn():
+    from sklearn.ensemble import IsolationForest
+    from sklearn.svm import OneClassSVM
+
+    rng = np.random.default_rng(4)
+    feats = rng.normal(size=(300, 5)).astype(np.float32)
+    test = np.r_[rng.normal(size=(40, 5)), rng.normal(size=(10, 5)) * 4].astype(np.float32)
+    oc = OCSVM(_tiny_classifier(), nu=0.2).fit_features(torch.from_numpy(feats))
+    ref = OneClassSVM(kernel="rbf", nu=0.2, gamma="scale").fit(feats.astype(np.float64))
+    np.testing.assert_allclose(oc.score_features(torch.from_numpy(test)).numpy(),
+                               -ref.decision_function(test.astype(np.float64)), rtol=1e-4, atol=1e-4)
+    iso = ISO(_tiny_classifier(), n_estimators=25, seed=7).fit_features(torch.from_numpy(feats))
+    ref_iso = IsolationForest(n_estimators=25, random_state=7).fit(feats)
+    np.testing.assert_allclose(iso.score_features(torch.from_numpy(test)).numpy(), -ref_iso.score_samples(test),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_score_is_differentiable_for_mgm_and_ocsvm(toy):
+    for cls in (MGM, OCSVM):
+        det = cls(_tiny_classifier()).fit(toy)
+        x = toy.test.images()[:4].requires_grad_(True)
+        det.score(x).sum().backward()
+        assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_score_and_detect_before_fit_are_clear_errors(toy):
+    for det in (MGM(_tiny_classifier()), ISO(_tiny_classifier()), OCSVM(_tiny_classifier()),
+                GMM(_tiny_classifier(), 2)):
+        with pytest.raises(NotFittedError, match="before fit"):
+            det.score(toy.test.images()[:2])
+        with pytest.raises(NotFittedError, match="before fit"):
+            det.detect(toy.test.images()[:2])
+    with pytest.raises(NotFittedError):
+        MGM(_tiny_classifier()).save("/tmp/never-written.pt")
+
+
+def test_adversarial_risk_counts_accepted_and_misclassified(toy):
+    mgm = MGM(_tiny_classifier()).fit(toy)
+    x, y = toy.test.images(), toy.test.target_tensor()
+    pred = mgm.predict(x).argmax(1)
+    rejected = mgm.detect(x)
+    assert adversarial_risk(mgm, x, y) == pytest.approx(float((~rejected & (pred != y)).float().mean()))
+    assert adversarial_risk(mgm, x, y, adversarial=False) == pytest.approx(
+        float((rejected | (pred != y)).float().mean()))
+
+
+def test_exposed_parts(toy):
+    mgm = MGM(_tiny_classifier()).fit(toy)
+    parts = mgm.exposed()
+    assert set(parts) >= {"classifier", "feature_extractor", "mean", "cholesky", "score", "threshold"}
+    f = parts["feature_extractor"](toy.test.images()[:3])
+    assert f.shape[1] == parts["mean"].shape[0]
+
+
+# --- RBF layer --------------------------------------------------------------------------------------------------
+
+def _official_rbf_numpy(x_bpc, centers, psi, betas, w, b):
+    """Direct transcription of the Keras kernelized_mapper (x reshaped to (B, P, C))."""
+    t = (psi + np.finfo(np.float64).eps).T * (psi + np.finfo(np.float64).eps)
+    s = np.transpose(np.transpose(x_bpc) - centers[:, :, None, None])  # (B, P, C, C): x[b,p,j] - centers[a,j]
+    h = np.sqrt(np.clip(np.sum(np.dot(s, t) * s, axis=-1), 0, None))
+    return np.dot(np.exp(-betas * h), w) + b
+
+
+def test_rbf_layer_matches_official_formula():
+    torch.manual_seed(5)
+    layer = KernelizedManifoldMapping(4)
+    with torch.no_grad():  # move away from the identity initialisation
+        layer.psi.add_(0.3 * torch.randn(4, 4))
+        layer.betas.uniform_(0.5, 2.5)
+        layer.bias.normal_()
+    x = torch.rand(2, 4, 3, 5) * 2
+    out = layer(x).detach().numpy()
+    x_bpc = x.permute(0, 2, 3, 1).reshape(2, 15, 4).double().numpy()
+    ref = _official_rbf_numpy(x_bpc, *(p.detach().double().numpy() for p in
+                                       (layer.centers, layer.psi, layer.betas, layer.kernel, layer.bias)))
+    np.testing.assert_allclose(out.transpose(0, 2, 3, 1).reshape(2, 15, 4), ref, rtol=1e-4, atol=1e-5)
+
+
+# --- save / load ------------------------------------------------------------------------------------------------
+
+def _roundtrip(defence, x, tmp_path):
+    path = tmp_path / f"{defence.kind}.pt"
+    defence.save(path)
+    loaded = load_defence(path)
+    assert type(loaded) is type(defence)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.predict(x), defence.eval().predict(x))
+        if defence.is_detector:
+            torch.testing.assert_close(loaded.score(x), defence.score(x))
+            assert torch.equal(loaded.detect(x), defence.detect(x))
+            assert float(loaded.threshold) == float(defence.threshold)
+
+
+def test_feature_detectors_and_gmm_save_and_load(toy, tmp_path):
+    x = toy.test.images()
+    for det in (MGM(_tiny_classifier()), ISO(_tiny_classifier(), n_estimators=10), OCSVM(_tiny_classifier())):
+        _roundtrip(det.fit(toy), x, tmp_path)
+    gmm = GMM(_tiny_classifier(), 2, ssat_epochs=1).fit(toy, TINY)
+    _roundtrip(gmm, x, tmp_path)
+    assert len(gmm.exposed()["gaussians"]) == 2
+
+
+def test_trained_defences_save_and_load(toy, tmp_path):
+    x = toy.test.images()
+    ens = Ensemble.build([_spec(), _spec()], adv_eps=0.01).fit(toy, TINY)
+    _roundtrip(ens, x, tmp_path)
+    probs = torch.stack([torch.softmax(m(x), 1) for m in ens.members]).mean(0)
+    torch.testing.assert_close(ens.predict(x).exp(), probs, rtol=1e-5, atol=1e-6)
+    den = Denoiser.build(arch="resnet20", task="classification", in_channels=1, num_outputs=2, width=0.25,
+                         depth=0.34, ae_width=4).fit(toy, TINY)
+    _roundtrip(den, x, tmp_path)
+    assert den.denoiser(x[:2]).shape == x[:2].shape
+    rbf = RBF.build(task="classification", in_channels=1, num_outputs=2, width=0.1, depth=0.3).fit(toy, TINY)
+    _roundtrip(rbf, x, tmp_path)
+    assert len(rbf.rbf_layers) == 4
+
+
+def test_rbf_unet_segments_and_round_trips(tmp_path):
+    data = _seg_data()
+    rbf = RBF.build(task="segmentation", in_channels=1, num_outputs=2, width=0.125, depth=0.5).fit(data, TINY)
+    x = data.test.images()
+    assert rbf.predict(x).shape == (8, 2, 16, 16)
+    assert len(rbf.rbf_layers) == 5  # 3 encoder + 2 decoder blocks
+    _roundtrip(rbf, x, tmp_path)
+
+
+def test_load_rejects_missing_and_damaged_files(tmp_path):
+    with pytest.raises(MedsecError, match="does not exist"):
+        load_defence(tmp_path / "nope.pt")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a defence")
+    with pytest.raises(MedsecError, match="unreadable"):
+        load_defence(bad)
