@@ -109,16 +109,18 @@ class MGMRecipe(Recipe):
     Loss = margin (capped at kappa, so a misclassified sample stops being pushed further) + lambda(t) *
     (-||f(x) - mu||^2 / tr(Sigma)), the stable stand-in for the log-likelihood (eq. 2); lambda ramps from
     lam_start to lam over the first half of the steps. Optimised by APGD and by PGD with restarts; the best
-    sample per image (accepted and wrong first) is kept. For multi-label victims the top clean finding is
-    attacked (Li & Zhu)."""
+    sample per image (accepted and wrong first) is kept. With exact=True a third attack adds the detector's own
+    score instead of the stand-in (strategy 1 unsimplified), in case the stand-in misses low-variance
+    directions of Sigma. For multi-label victims the top clean finding is attacked (Li & Zhu)."""
 
     name = "mgm-adaptive"
     strategies = ("expand loss", "simplify loss (L2 to the mean)", "incremental (APGD)", "restarts")
 
     def __init__(self, eps: float, steps: int = 100, restarts: int = 2, lam: float = 1.0, lam_start: float = 0.1,
-                 kappa: float = 2.0, seed: int | None = 0) -> None:
+                 kappa: float = 2.0, exact: bool = True, seed: int | None = 0) -> None:
         super().__init__(eps, steps, restarts, seed)
         self.lam, self.lam_start, self.kappa = float(lam), float(lam_start), float(kappa)
+        self.exact = bool(exact)
 
     def _run(self, defence: nn.Module, x: Tensor, y: Tensor) -> AttackResult:
         ex = exposed(defence)
@@ -126,17 +128,30 @@ class MGMRecipe(Recipe):
         mean = _need(ex, "mean", defence, "MGM")
         scale = gaussian_scale(ex.get("cholesky"))
         task = task_of(defence, x, y)
-        loss: Loss = Margin(self.kappa) + Weighted(feature_distance_term(mean, scale), ramp(self.lam_start, self.lam))
+        sched = ramp(self.lam_start, self.lam)
+        loss: Loss = Margin(self.kappa) + Weighted(feature_distance_term(mean, scale), sched)
         succ = system_success(defence) if task == "classification" else None
-        kw: dict[str, Any] = {"loss": loss, "grad_model": clf, "success": succ, "seed": self.seed}
+        kw: dict[str, Any] = {"grad_model": clf, "success": succ, "seed": self.seed}
         attacks: list[tuple[str, Attack]] = [
-            ("apgd-margin+l2mean", APGD(eps=self.eps, steps=self.steps, restarts=self.restarts, **kw)),
+            ("apgd-margin+l2mean", APGD(eps=self.eps, steps=self.steps, restarts=self.restarts, loss=loss, **kw)),
             ("pgd-margin+l2mean", PGD(eps=self.eps, steps=self.steps, restarts=self.restarts,
-                                     alpha=2.5 * self.eps / self.steps, **kw)),
+                                     alpha=2.5 * self.eps / self.steps, loss=loss, **kw)),
         ]
+        if self.exact and callable(getattr(defence, "score", None)):
+            # strategy 1 without the simplification: the detector's own score, scaled by its clean spread
+            exact: Loss = Margin(self.kappa) + Weighted(detector_term(defence, _score_scale(defence, x)), sched)
+            attacks.append(("apgd-margin+score", APGD(eps=self.eps, steps=self.steps, restarts=self.restarts,
+                                                      loss=exact, success=succ, seed=self.seed)))
         finding = _top_finding(defence, x) if task == "multilabel" else None
         res = BestOf(attacks, objective=lambda xa, yy: quality(defence, xa, y, task, finding)).run(defence, x, y)
         return _finish(res, defence, y, task, finding)
+
+
+def _score_scale(defence: Any, x: Tensor) -> float:
+    """The spread (std) of the detector's scores on the clean inputs: the unit of the exact score term."""
+    with torch.no_grad():
+        s = torch.cat([defence.score(x[i:i + 128]).float().reshape(-1) for i in range(0, x.shape[0], 128)])
+    return float(s.std().clamp_min(1e-6)) if s.numel() > 1 else 1.0
 
 
 def _top_finding(model: nn.Module, x: Tensor) -> Tensor:
