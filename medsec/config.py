@@ -59,6 +59,7 @@ class VictimConfig(_Strict):
     depth: float | None = Field(None, gt=0, le=1)  # overrides model.depth for this victim
     difficulty: float | None = Field(None, ge=0, le=1)  # synthetic data difficulty; None = default
     data_root: str | None = None  # real data for this dataset only
+    data_options: dict[str, Any] = Field(default_factory=dict)  # real-data reader options (docs/datasets.md)
 
 
 class ExperimentConfig(_Strict):

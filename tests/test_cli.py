@@ -52,3 +52,27 @@ def test_unknown_dataset_cli(cache_dir):
     r = runner.invoke(app, ["train", "--dataset", "chest99"])
     assert r.exit_code != 0
     assert "chest99" in str(r.exception) or "chest99" in r.output
+
+
+def test_train_accepts_data_root(cache_dir, tmp_path):
+    from tests.data.fixtures_real import make_oct
+
+    fx = make_oct(tmp_path / "real")
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text("""
+profile: tiny
+data: {image_size: 24, n_train: 80, n_val: 30, n_test: 30}
+train: {epochs: 1, batch_size: 16}
+victims: {oct: {arch: resnet20, width: 0.25, depth: 0.34}}
+""")
+    r = runner.invoke(app, ["train", "--dataset", "oct", "--profile", str(cfg), "--data-root", str(fx.root)])
+    assert r.exit_code == 0, r.output
+    assert "oct /" in r.output and "accuracy" in r.output
+    ckpts = list((cache_dir / "models").glob("oct-resnet20-real-*.pt"))
+    assert len(ckpts) == 1
+
+
+def test_missing_data_root_is_a_clear_error(cache_dir, tmp_path):
+    r = runner.invoke(app, ["train", "--dataset", "oct", "--data-root", str(tmp_path / "nowhere")])
+    assert r.exit_code != 0
+    assert "nowhere" in str(r.exception)

@@ -111,17 +111,20 @@ def load_dataset(
     difficulty: float | None = None,
     cache_dir: str | Path | None = None,
     data_root: str | Path | None = None,
+    data_options: dict | None = None,
 ) -> MedicalDataset:
     """The dataset called `name`.
 
     With `data_root`, the real dataset is read from its publisher's layout under that folder
-    (see medsec.data.formats). Otherwise the embedded synthetic phantom is generated — or read
+    (see medsec.data.formats; `data_options` are passed to its reader, e.g. max_images, malignancy_csv).
+    Otherwise the embedded synthetic phantom is generated — or read
     from the cache when it was generated before with the same arguments.
     """
     if data_root is not None:
         from medsec.data.formats import read_dataset
 
-        return read_dataset(name, Path(data_root), size=size, seed=seed)
+        return read_dataset(name, Path(data_root), size=size, seed=seed, cache_dir=cache_dir,
+                            **(data_options or {}))
     _load_synthetic_modules()
     if name not in GENERATORS:
         raise DataError(f"unknown dataset {name!r}; available: {', '.join(sorted(GENERATORS))}")

@@ -53,7 +53,7 @@ def experiment_dataset(cfg: ExperimentConfig, dataset: str) -> MedicalDataset:
     root = (v.data_root if v and v.data_root else None) or cfg.data.data_root
     return load_dataset(dataset, size=cfg.data.image_size, n_train=cfg.data.n_train, n_val=cfg.data.n_val,
                         n_test=cfg.data.n_test, seed=cfg.seed, difficulty=v.difficulty if v else None,
-                        cache_dir=cfg.cache_dir, data_root=root)
+                        cache_dir=cfg.cache_dir, data_root=root, data_options=v.data_options if v else None)
 
 
 def _channel_stats(data: MedicalDataset) -> tuple[list[float], list[float]]:
