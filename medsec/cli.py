@@ -27,6 +27,8 @@ err_console = Console(stderr=True)
 # Modules that define `register(app: typer.Typer) -> None`.
 COMMAND_MODULES: list[str] = [
     "medsec.commands",
+    "medsec.defences.cli",
+    "medsec.data.cli",
 ]
 
 for _mod in COMMAND_MODULES:

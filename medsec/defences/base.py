@@ -55,9 +55,19 @@ def register_defence(cls: type[Defence]) -> type[Defence]:
 
 
 @torch.no_grad()
-def batched(fn: Any, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """fn applied to x in batches without gradients, concatenated on CPU."""
-    return torch.cat([fn(x[i:i + batch_size]).detach().cpu() for i in range(0, len(x), batch_size)])
+def batched(fn: Any, x: torch.Tensor, batch_size: int = 256, device: torch.device | str | None = None) -> torch.Tensor:
+    """fn applied to x in batches (moved to `device` if given) without gradients, concatenated on CPU."""
+    return torch.cat([fn(x[i:i + batch_size].to(device) if device is not None else x[i:i + batch_size])
+                      .detach().cpu() for i in range(0, len(x), batch_size)])
+
+
+def module_device(m: nn.Module) -> torch.device:
+    """The device of a module's first parameter or buffer (CPU if it has none)."""
+    for p in m.parameters():
+        return p.device
+    for b in m.buffers():
+        return b.device
+    return torch.device("cpu")
 
 
 class Defence(nn.Module):
@@ -177,7 +187,7 @@ class Detector(Defence):
 
     def calibrate(self, x_clean_train: torch.Tensor, batch_size: int = 256) -> float:
         """Fix the threshold so a fraction `fpr` of these clean training images is rejected."""
-        return self._set_threshold(batched(self._score, x_clean_train, batch_size))
+        return self._set_threshold(batched(self._score, x_clean_train, batch_size, module_device(self)))
 
     def _set_threshold(self, clean_scores: torch.Tensor) -> float:
         """threshold = the (1 - fpr) quantile of clean training scores (flag when score > threshold)."""
@@ -236,11 +246,12 @@ def handled(defence: Defence, x: torch.Tensor, y: torch.Tensor, *, adversarial: 
     Clean input: accepted by the detector (if any) and correctly classified. Adversarial input: rejected
     by the detector, or accepted and still correctly classified. Classification (N,) labels only.
     """
-    pred = batched(defence.predict, x, batch_size).argmax(1)
+    dev = module_device(defence)
+    pred = batched(defence.predict, x, batch_size, dev).argmax(1)
     correct = pred == y.cpu()
     if not defence.is_detector:
         return correct
-    rejected = batched(defence.detect, x, batch_size).bool()  # type: ignore[attr-defined]
+    rejected = batched(defence.detect, x, batch_size, dev).bool()  # type: ignore[attr-defined]
     return (rejected | correct) if adversarial else (~rejected & correct)
 
 

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from medsec.data.base import MedicalDataset
-from medsec.defences.base import Detector, batched, register_defence
+from medsec.defences.base import Detector, batched, module_device, register_defence
 from medsec.defences.gaussian import Gaussian
 from medsec.defences.nets import attach_spec, build_network, network_spec, spec_from_meta
 from medsec.errors import MedsecError
@@ -60,7 +60,7 @@ class FeatureDetector(Detector):
     def fit(self, data: MedicalDataset, **kwargs: Any) -> FeatureDetector:
         """Fit the detector on features of the clean training images and fix the threshold."""
         self.eval()
-        feats = batched(self.classifier.features, data.train.images(), self.batch_size)
+        feats = batched(self.classifier.features, data.train.images(), self.batch_size, module_device(self))
         self.fit_features(feats)
         return self
 
@@ -68,8 +68,10 @@ class FeatureDetector(Detector):
         """Fit on precomputed clean training features (n, D) and fix the threshold from them."""
         if feats.ndim != 2 or len(feats) < 2:
             raise MedsecError(f"need (n >= 2, D) training features, got shape {tuple(feats.shape)}")
-        self._fit_features(feats.detach().float())
-        scores = torch.cat([self.score_features(feats[i:i + 4096]).detach()
+        dev = module_device(self)
+        self._fit_features(feats.detach().float().cpu())
+        self.to(dev)  # fitted statistics join the classifier's device
+        scores = torch.cat([self.score_features(feats[i:i + 4096].to(dev)).detach().cpu()
                             for i in range(0, len(feats), 4096)])
         self._set_threshold(scores)
         self.fitted = True

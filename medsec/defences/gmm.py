@@ -27,7 +27,7 @@ from torch import nn
 
 from medsec.config import TrainConfig
 from medsec.data.base import MedicalDataset
-from medsec.defences.base import Detector, batched, register_defence
+from medsec.defences.base import Detector, batched, module_device, register_defence
 from medsec.defences.ensemble import fgsm_training_loss
 from medsec.defences.gaussian import Gaussian
 from medsec.defences.nets import attach_spec, build_network, network_spec, spec_from_meta
@@ -116,14 +116,16 @@ class GMM(Detector):
                 extra_loss=fgsm_training_loss(self.ssat_eps, self.ssat_weight, pseudo_labels=True))
         self.eval()
         x, y = data.train.images(), data.train.target_tensor()
-        feats = batched(self.classifier.features, x, self.batch_size)
-        logits = self.classifier.head(feats) if hasattr(self.classifier, "head") else batched(self.classifier, x)
+        dev = module_device(self)
+        feats = batched(self.classifier.features, x, self.batch_size, dev)
+        logits = batched(self.classifier, x, self.batch_size, dev)
         self.fit_features(feats, y, logits)
         return self
 
     def fit_features(self, feats: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor) -> GMM:
         """Fit per-class Gaussians on clean training features (by true label), offsets and threshold."""
-        feats, labels = feats.detach().float(), labels.cpu().long()
+        dev = module_device(self)
+        feats, labels = feats.detach().float().cpu(), labels.cpu().long()
         offsets = torch.zeros(self.num_classes)
         for c in range(self.num_classes):
             fc = feats[labels == c]
@@ -133,7 +135,9 @@ class GMM(Detector):
             offsets[c] = float(np.quantile(self.gaussians[c].log_prob(fc).numpy(), self.fpr))  # type: ignore[operator]
         self.class_offsets = offsets
         with torch.no_grad():
+            self.to("cpu")
             scores = self._score_parts(logits.detach(), feats)
+            self.to(dev)
         self._set_threshold(scores)
         self.fitted = True
         return self
