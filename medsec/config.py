@@ -107,6 +107,21 @@ class DefencesConfig(_Strict):
     rbf: RBFDefenceConfig = RBFDefenceConfig()
 
 
+class ReproduceConfig(_Strict):
+    """Levy et al. Table 1/2 reproduction (``medsec reproduce``): how many test images are attacked and how
+    hard the attacks try. The eps of each row is the original authors' (fixed in code, stated in the report)."""
+
+    n_test: int = Field(128, gt=0)  # first n_test images of the test split, the same for every attack of a row
+    steps: int = Field(50, gt=0)  # iterations of each adaptive attack
+    restarts: int = Field(1, gt=0)  # random restarts of each adaptive attack (best per sample kept)
+    original_steps: int = Field(10, gt=0)  # iterations of iterative original attacks (PGD/BIM)
+    surrogates: int = Field(2, ge=1)  # limited-knowledge surrogate models (Denoiser row)
+    curve_multipliers: list[float] = Field(default_factory=lambda: [0.5, 2.0])  # extra eps (x row eps) for curves
+    n_curve: int = Field(32, gt=0)  # images per extra curve point
+    n_samples: int = Field(3, ge=1, le=8)  # images in each row's sample strip
+    rows: list[str] | None = None  # None: all eight Table-1 rows (ids as in medsec.evaluation.reproduce.ROWS)
+
+
 class ExperimentConfig(_Strict):
     """One experiment: seeds, data, models, training, and the victims per dataset."""
 
@@ -119,6 +134,7 @@ class ExperimentConfig(_Strict):
     model: ModelConfig = ModelConfig()
     victims: dict[str, VictimConfig] = Field(default_factory=dict)
     defences: DefencesConfig = DefencesConfig()
+    reproduce: ReproduceConfig = ReproduceConfig()
 
     def digest(self, *parts: str) -> str:
         """A short hash of the named sections (e.g. "data", "train", "model") for cache keys."""

@@ -74,7 +74,7 @@ def rejected(defence: Any, x: Tensor, batch_size: int = 256) -> Tensor:
     return torch.cat(out).to(x.device)
 
 
-def _correct(outputs: Tensor, y: Tensor, task: str, finding: Tensor | None = None,
+def correct_predictions(outputs: Tensor, y: Tensor, task: str, finding: Tensor | None = None,
              dice_threshold: float = 0.5) -> Tensor:
     """(N,) bool: the prediction is right. Multi-label: the decision on `finding` (per image) matches y.
     Segmentation: per-image Dice > dice_threshold."""
@@ -286,7 +286,7 @@ def quality(defence: Any, x_adv: Tensor, y: Tensor, task: str, finding: Tensor |
     if task == "segmentation":
         d = dice_per_sample(seg_prediction(z), y, z.shape[1])
         return torch.maximum(rej, d)
-    ok = _correct(z, y, task, finding).float()
+    ok = correct_predictions(z, y, task, finding).float()
     if task == "classification":
         zy = z.gather(1, y[:, None])[:, 0]
         other = z.masked_fill(torch.nn.functional.one_hot(y, z.shape[1]).bool(), -math.inf).amax(1)
