@@ -25,8 +25,14 @@ def _li_zhu(cfg: ExperimentConfig, out: Path) -> Path:
     return run_li_zhu(cfg, out)
 
 
-REPRODUCERS: dict[str, Callable[[ExperimentConfig, Path], Path]] = {"li-zhu-2020": _li_zhu}
-DEFAULT_PAPER = "li-zhu-2020"
+def _levy(cfg: ExperimentConfig, out: Path) -> Path:
+    from medsec.evaluation.reproduce import run_levy
+
+    return run_levy(cfg, out)
+
+
+REPRODUCERS: dict[str, Callable[[ExperimentConfig, Path], Path]] = {"levy-2022": _levy, "li-zhu-2020": _li_zhu}
+DEFAULT_PAPER = "levy-2022"
 OUTPUT_NAMES = {"li-zhu-2020": "li_zhu_2020.json"}
 
 
