@@ -42,7 +42,7 @@ from medsec.attacks.adaptive.strategies import (
 from medsec.attacks.apgd import APGD
 from medsec.attacks.core import Attack, AttackResult, check_eps, check_images, check_positive_int
 from medsec.attacks.engine import PGD
-from medsec.attacks.losses import Loss, Margin, Weighted
+from medsec.attacks.losses import ExtraTerm, Loss, Margin, Weighted
 from medsec.errors import MedsecError
 
 
@@ -165,17 +165,20 @@ class GMMRecipe(Recipe):
     Stage 1 (stage1_steps of untargeted margin PGD on the classifier) finds the nearest fooling class t per
     image (the highest non-true logit at the stage-1 point). Stage 2 is a targeted attack towards t whose loss
     is the targeted margin (capped at kappa) plus lambda(t) * (-||f(x) - mu_t||^2 / tr(Sigma_t)), the L2
-    stand-in for class t's Gaussian, with APGD and PGD + restarts; the best sample per image is kept."""
+    stand-in for class t's Gaussian, with APGD and PGD + restarts; with exact=True a third attack uses the
+    exposed ``class_score(x, t)`` (the detector's own score for class t) instead of the stand-in. The best
+    sample per image is kept."""
 
     name = "gmm-adaptive"
     strategies = ("two-stage targeting", "expand loss", "simplify loss (L2 to the class mean)",
                   "incremental (APGD)", "restarts")
 
     def __init__(self, eps: float, steps: int = 100, restarts: int = 2, stage1_steps: int = 20, lam: float = 1.0,
-                 lam_start: float = 0.1, kappa: float = 2.0, seed: int | None = 0) -> None:
+                 lam_start: float = 0.1, kappa: float = 2.0, exact: bool = True, seed: int | None = 0) -> None:
         super().__init__(eps, steps, restarts, seed)
         self.stage1_steps = check_positive_int(stage1_steps, "stage1_steps")
         self.lam, self.lam_start, self.kappa = float(lam), float(lam_start), float(kappa)
+        self.exact = bool(exact)
 
     def _run(self, defence: nn.Module, x: Tensor, y: Tensor) -> AttackResult:
         ex = exposed(defence)
@@ -201,6 +204,21 @@ class GMMRecipe(Recipe):
             ("pgd-targeted+l2classmean", PGD(eps=self.eps, steps=self.steps, restarts=self.restarts,
                                             alpha=2.5 * self.eps / self.steps, **kw)),
         ]
+        class_score = ex.get("class_score")
+        if self.exact and callable(class_score):
+            # strategy 1 unsimplified: the detector's own score for the target class, in units of its clean spread
+            with torch.no_grad():
+                spread = float(torch.cat([defence.score(x[i:i + 128]).float().reshape(-1)  # type: ignore[operator]
+                                          for i in range(0, x.shape[0], 128)]).std().clamp_min(1e-6))
+
+            def exact_fn(out: Tensor, feats: Tensor | None, xa: Tensor, t: Tensor) -> Tensor:
+                return -class_score(xa, t).reshape(-1).float() / spread
+
+            exact: Loss = Margin(self.kappa) + Weighted(ExtraTerm(exact_fn, needs_features=False, name="class-score"),
+                                                        ramp(self.lam_start, self.lam))
+            attacks.append(("apgd-targeted+class-score", APGD(
+                eps=self.eps, steps=self.steps, restarts=self.restarts, loss=exact, targeted=True,
+                success=targeted_system_success(defence), seed=self.seed)))
         res = BestOf(attacks, objective=lambda xa, _t: quality(defence, xa, y, "classification")).run(defence, x, target)
         out = _finish(res, defence, y, "classification")
         out.info["target"] = target
