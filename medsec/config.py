@@ -120,6 +120,7 @@ class ReproduceConfig(_Strict):
     n_curve: int = Field(32, gt=0)  # images per extra curve point
     n_samples: int = Field(3, ge=1, le=8)  # images in each row's sample strip
     rows: list[str] | None = None  # None: all eight Table-1 rows (ids as in medsec.evaluation.reproduce.ROWS)
+    defence_epochs: int | None = Field(None, gt=0)  # epochs for networks the defences train (None: train.epochs)
 
 
 class ExperimentConfig(_Strict):

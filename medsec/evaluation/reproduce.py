@@ -167,7 +167,10 @@ def compute_row(cfg: ExperimentConfig, row: Row, fig_dir: Path) -> dict[str, Any
     t0 = time.perf_counter()
     rc = cfg.reproduce
     device = resolve_device(cfg.device)
-    fd = get_defence(cfg, row.defence, row.dataset)
+    dcfg = cfg  # defence-trained networks (members, denoisers, RBF nets, surrogates) may train for fewer epochs
+    if rc.defence_epochs is not None:
+        dcfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": rc.defence_epochs})})
+    fd = get_defence(dcfg, row.defence, row.dataset, victim=get_victim(cfg, row.dataset))
     defence, victim = fd.defence.eval(), fd.victim
     plain = victim.model.eval()
     data = victim.data
@@ -186,15 +189,15 @@ def compute_row(cfg: ExperimentConfig, row: Row, fig_dir: Path) -> dict[str, Any
                   f"({'cached' if fd.from_cache else f'fitted in {fd.seconds:.0f}s'}), n={n}, eps={row.eps:g}")
     surrogate = None
     if row.original == "transfer":
-        surrogate = get_victim(cfg, row.dataset, seed=cfg.seed + 100).model.eval()
+        surrogate = get_victim(dcfg, row.dataset, seed=cfg.seed + 100).model.eval()
     original = _original_attack(row, row.eps, task, rc.original_steps, cfg.seed, surrogate)
     x_orig_plain = original(plain, x, y)
     x_orig_def = x_orig_plain if row.original == "transfer" else original(defence, x, y)
 
     opts: dict[str, Any] = {"steps": rc.steps, "restarts": rc.restarts, "seed": cfg.seed}
     if row.defence == "denoiser":
-        opts["surrogates"] = [get_defence(cfg, "denoiser", row.dataset, seed=cfg.seed + 100 + i).defence.classifier
-                              for i in range(rc.surrogates)]
+        opts["surrogates"] = [get_defence(dcfg, "denoiser", row.dataset, seed=cfg.seed + 100 + i,
+                                          victim=victim).defence.classifier for i in range(rc.surrogates)]
     recipe = recipe_for(defence, row.eps, **opts)
     t_adapt = time.perf_counter()
     x_adapt = recipe(defence, x, y)
