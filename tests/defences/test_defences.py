@@ -236,3 +236,18 @@ def test_load_rejects_missing_and_damaged_files(tmp_path):
     bad.write_bytes(b"not a defence")
     with pytest.raises(MedsecError, match="unreadable"):
         load_defence(bad)
+
+
+def test_gmm_per_class_gaussians_keep_95_percent_and_flag_wrong_class_features():
+    rng = np.random.default_rng(6)
+    labels = torch.from_numpy(rng.integers(0, 2, 800))
+    centres = torch.tensor([[0.0] * 6, [5.0] * 6])
+    feats = centres[labels] + torch.from_numpy(rng.normal(size=(800, 6))).float()
+    logits = torch.nn.functional.one_hot(labels, 2).float()  # predicted = true class
+    gmm = GMM(_tiny_classifier(), 2).fit_features(feats, labels, logits)
+    rejected = gmm._score_parts(logits, feats) > gmm.threshold
+    assert abs(rejected.float().mean().item() - 0.05) <= 0.01
+    for c in (0, 1):  # every class keeps about 95% of its own clean data
+        assert abs(rejected[labels == c].float().mean().item() - 0.05) <= 0.03
+    swapped = gmm._score_parts(1 - logits, feats) > gmm.threshold  # class-0 features predicted as class 1
+    assert swapped.float().mean() > 0.99
