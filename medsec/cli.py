@@ -30,6 +30,8 @@ COMMAND_MODULES: list[str] = [
     "medsec.defences.cli",
     "medsec.evaluation.audit_cli",
     "medsec.data.cli",
+    "medsec.attacks.cli",
+    "medsec.integrity.cli",
 ]
 
 for _mod in COMMAND_MODULES:
@@ -37,22 +39,11 @@ for _mod in COMMAND_MODULES:
 
 
 def main() -> None:
-    """Entry point: run the app, turning MedsecError into a one-line message and exit code 2."""
+    """Entry point: usage errors and exit codes as click gives them; a MedsecError becomes a one-line
+    message (no traceback) and exit code 2."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        app(standalone_mode=False)
+        app()  # standalone mode: sys.exit with the command's code
     except MedsecError as e:
         err_console.print(f"[bold red]error:[/] {e}")
         sys.exit(2)
-    except typer.Exit as e:
-        sys.exit(e.exit_code)
-    except typer.Abort:
-        err_console.print("aborted")
-        sys.exit(130)
-    except Exception as e:  # click usage errors
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        raise

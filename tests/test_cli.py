@@ -76,3 +76,13 @@ def test_missing_data_root_is_a_clear_error(cache_dir, tmp_path):
     r = runner.invoke(app, ["train", "--dataset", "oct", "--data-root", str(tmp_path / "nowhere")])
     assert r.exit_code != 0
     assert "nowhere" in str(r.exception)
+
+
+def test_console_errors_have_no_traceback_and_exit_2(cache_dir):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "medsec", "train", "--dataset", "chest99", "--arch", "resnet18"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2
+    assert "chest99" in r.stderr and "Traceback" not in r.stderr

@@ -6,7 +6,7 @@ with x in [0, 1]; ``attack.run(model, x, y)`` also returns per-sample success. S
 
 from medsec.attacks.apgd import APGD
 from medsec.attacks.cascade import Cascade
-from medsec.attacks.core import Attack, AttackResult, Speed, project
+from medsec.attacks.core import Attack, AttackContext, AttackResult, Speed, Tracker, project
 from medsec.attacks.cw import CW
 from medsec.attacks.deepfool import DeepFool
 from medsec.attacks.engine import BIM, FGSM, MIM, PGD, CWLinf, GradientAttack, mean_of_signs
@@ -22,9 +22,14 @@ from medsec.attacks.losses import (
     Sum,
     Weighted,
 )
+from medsec.attacks.registry import ATTACKS, build_attack, register_attack
 
 __all__ = [
-    "APGD", "CW", "Cascade", "DeepFool", "BCE", "BIM", "DLR", "FGSM", "MIM", "PGD", "Attack", "AttackResult", "CWLinf", "CrossEntropy", "Dice",
-    "ExtraTerm", "GradientAttack", "Loss", "LossInput", "Margin", "Speed", "Sum", "Weighted", "mean_of_signs",
-    "project",
+    # attacks
+    "APGD", "BIM", "CW", "Cascade", "CWLinf", "DeepFool", "FGSM", "GradientAttack", "MIM", "PGD",
+    # losses
+    "BCE", "DLR", "CrossEntropy", "Dice", "ExtraTerm", "Loss", "LossInput", "Margin", "Sum", "Weighted",
+    # engine pieces and helpers
+    "ATTACKS", "Attack", "AttackContext", "AttackResult", "Speed", "Tracker", "build_attack", "mean_of_signs",
+    "project", "register_attack",
 ]

@@ -53,15 +53,15 @@ class APGD(Attack):
         self.momentum = float(momentum)
 
     def _attack(self, ctx: AttackContext) -> AttackResult:
-        tracker = Tracker(ctx.x, ctx.clean_success)
         if self.eps == 0:
             return AttackResult(ctx.x.clone(), ctx.clean_success.clone())
+        tracker = Tracker(ctx.x, ctx.clean_success)
         for _ in range(self.restarts):
             idx = (~tracker.success).nonzero().squeeze(1)
             if idx.numel() == 0:
                 break
             self._run_once(ctx, tracker, None if idx.numel() == ctx.x.shape[0] else idx)
-        return AttackResult(tracker.x_best, tracker.success.clone())
+        return tracker.result()
 
     def _start(self, x: Tensor, ctx: AttackContext) -> Tensor:
         assert self.eps is not None

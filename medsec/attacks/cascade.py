@@ -65,7 +65,7 @@ class Cascade(Attack):
         names.append("pgd-margin")
         return cls(attacks, names)
 
-    def run(self, model: nn.Module, x: Tensor, y: Tensor) -> AttackResult:
+    def run(self, model: nn.Module, x: Tensor, y: Tensor, verify: bool = True) -> AttackResult:
         x = check_images(x)
         if not isinstance(y, Tensor) or y.shape[0] != x.shape[0]:
             raise MedsecError("labels y must be a tensor with one row per image")

@@ -8,6 +8,7 @@ per sample, whether the attack's goal was reached. Subclasses implement ``_attac
 from __future__ import annotations
 
 import math
+import warnings
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -285,11 +286,16 @@ class Speed:
     the returned best point re-checked in fp32); "auto" = bf16 on CUDA, fp32 on CPU.
     channels_last: hand CUDA convolutions NHWC inputs ("auto" = on for CUDA, off on CPU).
     compile: wrap the model's forward in torch.compile (cached per model; off by default).
+    fuse_bn: run the gradient passes on a copy of the model with eval-mode batch norm folded into the
+    preceding convolutions (torch.fx; the same function up to float rounding, checked on the batch when
+    the copy is made; cached per model and rebuilt when its weights change; skipped for models fx cannot
+    trace and for losses that need features). Reported success is measured on the original model.
     """
 
     precision: str = "auto"
     channels_last: bool | str = "auto"
     compile: bool = False
+    fuse_bn: bool = True
 
     def __post_init__(self) -> None:
         if self.precision not in ("auto", "fp32", "bf16"):
@@ -316,6 +322,45 @@ def _compiled(model: nn.Module) -> Any:
     return fn
 
 
+_FUSED: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[Any, ...], nn.Module | None]] = weakref.WeakKeyDictionary()
+
+
+def _weights_key(model: nn.Module) -> tuple[Any, ...]:
+    """Changes whenever a parameter or buffer of `model` is modified or replaced."""
+    return tuple((t.data_ptr(), t._version) for t in [*model.parameters(), *model.buffers()])
+
+
+def fused_model(model: nn.Module, probe: Tensor) -> nn.Module | None:
+    """A copy of `model` with eval-mode batch norm folded into convolutions, or None when that is not
+    possible (training modules, no batch norm, fx cannot trace it, or the copy disagrees with the model
+    on `probe` by more than 1e-4 of the logits' scale). Cached per model and weights version."""
+    key = _weights_key(model)
+    hit = _FUSED.get(model)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    fused: nn.Module | None = None
+    if (not any(m.training for m in model.modules())
+            and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())):
+        try:
+            with warnings.catch_warnings():  # the module's imports warn about torch.jit deprecations
+                warnings.simplefilter("ignore")
+                from torch.fx.experimental.optimization import fuse
+
+                cand = fuse(model)
+            for p in cand.parameters():
+                p.requires_grad_(False)
+            with torch.no_grad():
+                a, b = model(probe), cand(probe)
+            if isinstance(a, Tensor) and isinstance(b, Tensor) and a.shape == b.shape:
+                tol = 1e-4 * max(float(a.abs().max()), 1.0)
+                if float((a - b).abs().max()) <= tol:
+                    fused = cand
+        except Exception:  # fx cannot trace every model: fall back to the model itself
+            fused = None
+    _FUSED[model] = (key, fused)
+    return fused
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Per-call context, best-point tracking, results
 # ----------------------------------------------------------------------------------------------------------
@@ -327,6 +372,7 @@ class AttackResult:
     x_adv: Tensor
     success: Tensor  # (N,) bool
     info: dict[str, Any] = field(default_factory=dict)
+    checked: Tensor | None = None  # (N,) bool: success measured; None = all measured
 
     @property
     def success_rate(self) -> float:
@@ -349,15 +395,63 @@ class AttackContext:
         self.device = x.device
         self.loss: Loss = attack.loss
         self.need_features = self.loss.needs_features
-        with torch.no_grad():
-            self.clean_outputs, _ = self.forward(model, x, features=False, exact=True)
-        self.task: AttackTask = infer_task(self.clean_outputs, y, attack.task)
-        mask = None
-        if self.task == "multilabel":
-            mask = finding_mask(self.clean_outputs, attack.findings)
-        self.goal = Goal(self.task, attack.targeted, mask, attack.dice_threshold, attack.success_fn)
-        self.clean_success = self.goal.success(self.clean_outputs, x, y)
         self.separate_check = not (len(grad_models) == 1 and grad_models[0] is model)
+        self._clean_outputs: Tensor | None = None
+        self._clean_success: Tensor | None = None
+        self.fast: dict[int, nn.Module] = {}  # id(model) -> its batch-norm-folded copy
+        if self.speed.fuse_bn and not self.need_features:
+            probe = x[: min(16, x.shape[0])]
+            for m in {id(m): m for m in [model, *grad_models]}.values():
+                f = fused_model(m, probe)
+                if f is not None:
+                    self.fast[id(m)] = f
+        self._task: AttackTask | None = None
+        self._goal: Goal | None = None
+
+    # -- lazily computed: the clean forward pass is only run by attacks that need it ----------------------
+    def _init_task(self, outputs: Tensor) -> None:
+        """Check the labels against the first outputs seen and set up the goal."""
+        if self._task is not None:
+            return
+        task = infer_task(outputs, self.y, self.attack.task)
+        mask = None
+        if task == "multilabel":
+            clean = outputs if self._clean_outputs is not None else self.clean_outputs
+            mask = finding_mask(clean, self.attack.findings)
+        self._task = task
+        self._goal = Goal(task, self.attack.targeted, mask, self.attack.dice_threshold, self.attack.success_fn)
+
+    @property
+    def clean_outputs(self) -> Tensor:
+        """The success model's fp32 outputs on the clean images (one forward pass, on first use)."""
+        if self._clean_outputs is None:
+            with torch.no_grad():
+                self._clean_outputs, _ = self.forward(self.model, self.x, features=False, exact=True)
+            self._init_task(self._clean_outputs)
+        return self._clean_outputs
+
+    @property
+    def task(self) -> AttackTask:
+        """classification, multilabel or segmentation (inferred from outputs and labels)."""
+        if self._task is None:
+            self._init_task(self.clean_outputs)
+        assert self._task is not None
+        return self._task
+
+    @property
+    def goal(self) -> Goal:
+        """What counts as success in this call."""
+        if self._goal is None:
+            self._init_task(self.clean_outputs)
+        assert self._goal is not None
+        return self._goal
+
+    @property
+    def clean_success(self) -> Tensor:
+        """(N,) bool: the goal already holds on the clean images."""
+        if self._clean_success is None:
+            self._clean_success = self.goal.success(self.clean_outputs, self.x, self.y)
+        return self._clean_success
 
     # -- forward passes ------------------------------------------------------------------------------------
     def forward(self, model: nn.Module, x: Tensor, features: bool, exact: bool = False
@@ -378,7 +472,8 @@ class AttackContext:
                     )
                 out, feats = ff(x)
             else:
-                fwd = _compiled(model) if self.speed.compile else model
+                net = model if exact else self.fast.get(id(model), model)
+                fwd = _compiled(net) if self.speed.compile else net
                 out = fwd(x)
         if not isinstance(out, Tensor):
             raise MedsecError(f"model must return a logits tensor, got {type(out).__name__}")
@@ -408,6 +503,7 @@ class AttackContext:
             xa = x_adv.detach().requires_grad_(True)
             with torch.enable_grad():
                 out, feats = self.forward(m, xa, self.need_features)
+                self._init_task(out)
                 lval = self.loss(self.loss_input(out, feats, xa, idx, step, steps))
                 if lval.shape != (xa.shape[0],):
                     raise MedsecError(f"attack loss must be per-sample (N,), got shape {tuple(lval.shape)}")
@@ -432,6 +528,7 @@ class AttackContext:
         total: Tensor | None = None
         for m in self.grad_models:
             out, feats = self.forward(m, x_adv, self.need_features, exact=exact)
+            self._init_task(out)
             lval = self.loss(self.loss_input(out, feats, x_adv, idx, step, steps)).detach()
             total = lval if total is None else total + lval
         assert total is not None
@@ -442,10 +539,11 @@ class AttackContext:
         return total / len(self.grad_models), succ
 
     @torch.no_grad()
-    def verify(self, x_adv: Tensor) -> Tensor:
-        """(N,) success of the returned points, in fp32 on the success model."""
+    def verify(self, x_adv: Tensor, idx: Tensor | None = None) -> Tensor:
+        """(N,) success of the given points (rows `idx`), in fp32 on the success model."""
         out, _ = self.forward(self.model, x_adv, False, exact=True)
-        return self.goal.success(out, x_adv, self.y)
+        self._init_task(out)
+        return self.goal.success(out, x_adv, self.y if idx is None else self.y[idx], idx)
 
 
 def finding_mask(clean_outputs: Tensor, findings: str | int | Sequence[int]) -> Tensor:
@@ -471,15 +569,22 @@ def finding_mask(clean_outputs: Tensor, findings: str | int | Sequence[int]) -> 
 
 class Tracker:
     """Per-sample best point so far: a successful point beats an unsuccessful one; among equals, the
-    higher attack loss wins (or, with prefer='small', the smaller perturbation among successes)."""
+    higher attack loss wins. `checked` says whether the success flag of the kept point was measured
+    (a last iterate handed over by take_last() is not, until Attack.run verifies it)."""
 
-    def __init__(self, x: Tensor, clean_success: Tensor) -> None:
+    def __init__(self, x: Tensor, clean_success: Tensor | None = None) -> None:
+        n = x.shape[0]
         self.x_best = x.detach().clone()
-        self.success = clean_success.clone()
-        self.loss = torch.full((x.shape[0],), -math.inf, device=x.device)
+        if clean_success is None:
+            self.success = torch.zeros(n, dtype=torch.bool, device=x.device)
+            self.checked = torch.zeros(n, dtype=torch.bool, device=x.device)
+        else:
+            self.success = clean_success.clone()
+            self.checked = torch.ones(n, dtype=torch.bool, device=x.device)
+        self.loss = torch.full((n,), -math.inf, device=x.device)
 
     def update(self, x_cand: Tensor, loss: Tensor, succ: Tensor, idx: Tensor | None = None) -> None:
-        """Offer candidate points for rows `idx` (all rows when None)."""
+        """Offer evaluated candidate points for rows `idx` (all rows when None)."""
         bs = self.success if idx is None else self.success[idx]
         bl = self.loss if idx is None else self.loss[idx]
         better = (succ & ~bs) | ((succ == bs) & (loss > bl))
@@ -489,6 +594,22 @@ class Tracker:
         self.x_best[rows] = x_cand[better].detach().to(self.x_best.dtype)
         self.success[rows] = succ[better]
         self.loss[rows] = loss[better].float()
+        self.checked[rows] = True
+
+    def take_last(self, x_last: Tensor, idx: Tensor | None = None) -> None:
+        """Rows not yet successful keep the unevaluated last iterate (as plain PGD returns it), which
+        saves the forward pass that evaluating it would cost; Attack.run checks them afterwards."""
+        bs = self.success if idx is None else self.success[idx]
+        take = ~bs
+        if not bool(take.any()):
+            return
+        rows = take.nonzero().squeeze(1) if idx is None else idx[take]
+        self.x_best[rows] = x_last[take].detach().to(self.x_best.dtype)
+        self.checked[rows] = False
+
+    def result(self, info: dict[str, Any] | None = None) -> AttackResult:
+        """The kept points as an AttackResult (unchecked rows are verified by Attack.run)."""
+        return AttackResult(self.x_best, self.success.clone(), info or {}, checked=self.checked.clone())
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -508,7 +629,7 @@ class Attack:
       grad_model: model (or list of models) whose gradients drive the attack; success is judged on the
         model passed at call time (BPDA, surrogate/ensemble gradients).
       seed: seed of the attack's own generator (the global RNG is left alone); None = nondeterministic.
-      precision / channels_last / compile: see Speed. train_mode: see guarded().
+      precision / channels_last / compile / fuse_bn: see Speed. train_mode: see guarded().
       batch_size: attack in chunks of this many images (None = all at once).
     """
 
@@ -521,7 +642,7 @@ class Attack:
                  success: SuccessFn | None = None, task: AttackTask | None = None,
                  grad_model: nn.Module | Sequence[nn.Module] | None = None, seed: int | None = 0,
                  precision: str = "auto", channels_last: bool | str = "auto", compile: bool = False,
-                 train_mode: str = "raise", batch_size: int | None = None) -> None:
+                 fuse_bn: bool = True, train_mode: str = "raise", batch_size: int | None = None) -> None:
         self.targeted = bool(targeted)
         self.loss = resolve_loss(loss)
         if extra is not None:
@@ -538,7 +659,7 @@ class Attack:
         self.task = task
         self.grad_model = grad_model
         self.seed = seed
-        self.speed = Speed(precision, channels_last, compile)
+        self.speed = Speed(precision, channels_last, compile, bool(fuse_bn))
         if train_mode not in ("raise", "eval"):
             raise MedsecError(f"train_mode must be 'raise' or 'eval', got {train_mode!r}")
         self.train_mode = train_mode
@@ -548,30 +669,37 @@ class Attack:
 
     # -- public API ----------------------------------------------------------------------------------------
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        """The adversarial images (x's shape and dtype, in [0, 1], inside the threat ball)."""
-        return self.run(model, x, y).x_adv
+        """The adversarial images (x's shape and dtype, in [0, 1], inside the threat ball).
 
-    def run(self, model: nn.Module, x: Tensor, y: Tensor) -> AttackResult:
-        """Attack and report per-sample success (checked in fp32 on `model`)."""
+        Skips the final success check that run() makes, so it costs no forward pass beyond the attack's."""
+        return self.run(model, x, y, verify=False).x_adv
+
+    def run(self, model: nn.Module, x: Tensor, y: Tensor, verify: bool = True) -> AttackResult:
+        """Attack and report per-sample success (measured in fp32 on `model`; verify=False leaves the
+        success of unevaluated last iterates as False and skips the bf16 re-check)."""
+        if not isinstance(model, nn.Module):
+            raise MedsecError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         x = check_images(x)
         if not isinstance(y, Tensor):
             raise MedsecError(f"labels y must be a torch.Tensor, got {type(y).__name__}")
         if y.shape[0] != x.shape[0]:
             raise MedsecError(f"labels y hold {y.shape[0]} rows for {x.shape[0]} images")
         y = y.to(x.device)
+        if not (y.is_floating_point() or y.dtype == torch.bool or y.dtype == torch.long):
+            y = y.long()  # int32/uint8 class ids or masks
         gms = self._grad_models(model)
         gen = None
         if self.seed is not None:
             gen = torch.Generator(device=x.device)
             gen.manual_seed(int(self.seed))
+        work = _param_dtype(model, x.dtype)
         with guarded([model, *gms], self.train_mode):
             bs = self.batch_size or x.shape[0]
             parts: list[AttackResult] = []
             for s in range(0, x.shape[0], bs):
                 xb = x[s:s + bs].detach()
-                ctx = AttackContext(self, model, gms, xb.float() if xb.dtype != torch.float32 else xb,
-                                    y[s:s + bs], gen)
-                parts.append(self._finish(ctx, self._attack(ctx)))
+                ctx = AttackContext(self, model, gms, xb.to(work), y[s:s + bs], gen)
+                parts.append(self._finish(ctx, self._attack(ctx), verify))
         return _concat(parts, x.dtype)
 
     # -- for subclasses ------------------------------------------------------------------------------------
@@ -589,9 +717,10 @@ class Attack:
             raise MedsecError("grad_model must be an nn.Module or a non-empty list of nn.Modules")
         return gms
 
-    def _finish(self, ctx: AttackContext, res: AttackResult) -> AttackResult:
+    def _finish(self, ctx: AttackContext, res: AttackResult, verify: bool = True) -> AttackResult:
         """Enforce the contract on the way out (box and ball, guarding against float round-off) and
-        re-check success in fp32 when the gradient passes ran in reduced precision."""
+        measure success where it was not measured in fp32: unevaluated last iterates, projected points,
+        and every point when the gradient passes ran in reduced precision."""
         x_adv = res.x_adv.detach()
         changed = bool((x_adv < 0).any() or (x_adv > 1).any())
         x_adv = x_adv.clamp(0.0, 1.0)
@@ -601,14 +730,27 @@ class Attack:
                 x_adv = project(x_adv, ctx.x, self.eps, self.norm)
                 changed = True
         succ = res.success
-        if changed or self.speed.bf16(ctx.device):
-            succ = ctx.verify(x_adv)
+        if verify:
+            if changed or self.speed.bf16(ctx.device) or ctx.fast:
+                succ = ctx.verify(x_adv)
+            elif res.checked is not None and not bool(res.checked.all()):
+                rows = (~res.checked).nonzero().squeeze(1)
+                succ = succ.clone()
+                succ[rows] = ctx.verify(x_adv[rows], rows)
         return AttackResult(x_adv, succ, res.info)
 
     def __repr__(self) -> str:
         keys = ("eps", "alpha", "steps", "norm", "restarts", "targeted")
         args = ", ".join(f"{k}={getattr(self, k)!r}" for k in keys if hasattr(self, k))
         return f"{type(self).__name__}({args})"
+
+
+def _param_dtype(model: nn.Module, default: torch.dtype) -> torch.dtype:
+    """The dtype attacks compute in: the model's floating parameters' (x is converted back at the end)."""
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return default
 
 
 def _concat(parts: list[AttackResult], dtype: torch.dtype) -> AttackResult:

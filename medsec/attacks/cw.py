@@ -25,7 +25,8 @@ from medsec.errors import MedsecError
 
 class CW(Attack):
     """C&W L2. eps: optional L2 budget — only successes within it count, and samples without one get
-    their last iterate projected into the ball (None = unbounded, the minimal-norm attack). c: initial
+    their smallest successful point (else their last iterate) projected into the ball and re-checked
+    (None = unbounded, the minimal-norm attack). c: initial
     trade-off constant (per sample; x10 until the first success, then bisection, binary_search_steps
     rounds). kappa: confidence. steps / lr: Adam iterations and learning rate per round. abort_early:
     stop a round when the total objective has not fallen by 0.01% over steps // 10 iterations (the
@@ -60,6 +61,8 @@ class CW(Attack):
         lo = torch.zeros(n, device=x.device)
         hi = torch.full((n,), math.inf, device=x.device)
         last = x.clone()
+        any_l2 = torch.full((n,), math.inf, device=x.device)  # smallest successful point at any norm
+        any_x = x.clone()
         for _ in range(self.binary_search_steps):
             w = w0.clone().requires_grad_(True)
             opt = torch.optim.Adam([w], lr=self.lr)
@@ -71,12 +74,16 @@ class CW(Attack):
                 g_loss = grads[0] if len(grads) == 1 else torch.stack(grads).sum(0)
                 l2sq = (x_adv - x).flatten(1).pow(2).sum(1)
                 l2 = l2sq.sqrt()
+                found |= succ  # the search on c follows success at any norm (minimal-norm C&W)
                 ok = succ & (l2 <= limit)
-                found |= ok
                 better = ok & (l2 < best_l2)
                 if bool(better.any()):
                     best_l2 = torch.where(better, l2, best_l2)
                     best_x[better] = x_adv[better]
+                closer = succ & (l2 < any_l2)
+                if bool(closer.any()):
+                    any_l2 = torch.where(closer, l2, any_l2)
+                    any_x[closer] = x_adv[closer]
                 # d/dx of ||x - x0||^2 - c * margin, chained through x = (tanh(w) + 1) / 2
                 gx = 2 * (x_adv - x) - c.view(-1, 1, 1, 1) * g_loss
                 opt.zero_grad()
@@ -95,7 +102,10 @@ class CW(Attack):
         success = best_l2 < math.inf
         if self.eps is not None and not bool(success.all()):
             rows = (~success).nonzero().squeeze(1)
-            cand = project(last[rows], x[rows], self.eps, "l2")
+            # fall back to the smallest successful point found outside the ball (else the last iterate),
+            # projected into the ball: it often still fools the model
+            src = torch.where((any_l2 < math.inf).view(-1, 1, 1, 1), any_x, last)
+            cand = project(src[rows], x[rows], self.eps, "l2")
             _, s = ctx.evaluate(cand, rows, self.steps, self.steps, exact=True)
             best_x[rows] = cand
             success[rows] = s

@@ -104,9 +104,10 @@ class GradientAttack(Attack):
     def _attack(self, ctx: AttackContext) -> AttackResult:
         assert self.eps is not None and self.alpha is not None
         x, n = ctx.x, ctx.x.shape[0]
-        tracker = Tracker(x, ctx.clean_success)
         if self.eps == 0:
             return AttackResult(x.clone(), ctx.clean_success.clone())
+        # the clean check only pays off when succeeded samples are skipped
+        tracker = Tracker(x, ctx.clean_success if self.early_stop else None)
         for r in range(self.restarts):
             if self.early_stop:
                 idx: Tensor | None = (~tracker.success).nonzero().squeeze(1)
@@ -117,16 +118,22 @@ class GradientAttack(Attack):
                     idx = None
             else:
                 idx = None
-            self._run_once(ctx, tracker, idx, random=self.random_start or r > 0)
-        return AttackResult(tracker.x_best, tracker.success.clone())
+            self._run_once(ctx, tracker, idx, random=self.random_start or r > 0, last=r == self.restarts - 1)
+        return tracker.result()
 
-    def _run_once(self, ctx: AttackContext, tracker: Tracker, idx: Tensor | None, random: bool) -> None:
-        """One run from a (random) start over rows `idx` (None = all rows)."""
+    def _run_once(self, ctx: AttackContext, tracker: Tracker, idx: Tensor | None, random: bool,
+                  last: bool = True) -> None:
+        """One run from a (random) start over rows `idx` (None = all rows). The last run hands its final
+        iterate to the tracker unevaluated (saving a forward pass); earlier runs evaluate it so that
+        restarts compare."""
         assert self.eps is not None and self.alpha is not None
         eps, norm, steps = self.eps, self.norm, self.steps
         x0 = ctx.x if idx is None else ctx.x[idx]
         x_adv = random_start(x0, eps, norm, ctx.gen) if random else x0.clone()
         mom = torch.zeros_like(x0) if self.momentum > 0 else None
+        # L_inf: the ball-and-box projection is one clamp between precomputed bounds
+        lo = (x0 - eps).clamp_(min=0.0) if norm == "linf" else None
+        hi = (x0 + eps).clamp_(max=1.0) if norm == "linf" else None
         for t in range(steps):
             grads, loss, succ = ctx.loss_and_grad(x_adv, idx, t, steps)
             tracker.update(x_adv, loss, succ, idx)
@@ -142,15 +149,23 @@ class GradientAttack(Attack):
                     x0, x_adv, g = x0[rows], x_adv[rows], g[rows]
                     if mom is not None:
                         mom = mom[rows]
+                    if lo is not None and hi is not None:
+                        lo, hi = lo[rows], hi[rows]
             if mom is not None:
                 g = g / g.abs().flatten(1).mean(1).clamp_min(1e-12).view(-1, *([1] * (g.ndim - 1)))
                 mom = self.momentum * mom + g
                 g = mom
             d = g if self.direction == "raw" else normalise_grad(g, norm)
             a = self.alpha * self.schedule(t, steps)
-            x_adv = project(x_adv.detach() + a * d, x0, eps, norm)
-        loss, succ = ctx.evaluate(x_adv, idx, steps, steps)
-        tracker.update(x_adv, loss, succ, idx)
+            if lo is not None and hi is not None:
+                x_adv = torch.clamp(torch.add(x_adv.detach(), d, alpha=a), lo, hi)
+            else:
+                x_adv = project(x_adv.detach() + a * d, x0, eps, norm)
+        if last:
+            tracker.take_last(x_adv, idx)
+        else:
+            loss, succ = ctx.evaluate(x_adv, idx, steps, steps)
+            tracker.update(x_adv, loss, succ, idx)
 
 
 def _sum(grads: Sequence[Tensor]) -> Tensor:

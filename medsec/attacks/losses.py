@@ -167,8 +167,10 @@ class CrossEntropy(Loss):
         if inp.task == "classification":
             v = F.cross_entropy(z, y, reduction="none")
         elif inp.task == "multilabel":
-            v = _masked_mean(F.binary_cross_entropy_with_logits(z, y.to(z.dtype), reduction="none"),
-                             inp.finding_mask)
+            # BCE written as softplus(-s), s the signed logit: same value, but its gradient sigmoid(-s)
+            # stays representable for saturated logits, where sigmoid(z) - y rounds to 0 in fp32.
+            s = (2 * y.to(z.dtype) - 1) * z
+            v = _masked_mean(F.softplus(-s), inp.finding_mask)
         else:
             z2 = _binary_to_two_class(z)
             v = F.cross_entropy(z2, y, reduction="none").flatten(1).mean(1)

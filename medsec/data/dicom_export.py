@@ -35,7 +35,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset, validate_file_meta
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from medsec.data.base import DatasetInfo, Split
 from medsec.errors import MedsecError
@@ -59,10 +59,10 @@ MANUFACTURER = "medsec synthetic phantom generator"
 _FIXED_DATE, _FIXED_TIME = "20200101", "120000"
 
 
-def _uid(key: str | None, *parts: str) -> str:
+def _uid(key: str | None, *parts: str) -> UID:
     if key is None:
-        return str(generate_uid())
-    return str(generate_uid(entropy_srcs=["medsec", key, *parts]))
+        return generate_uid()
+    return generate_uid(entropy_srcs=["medsec", key, *parts])
 
 
 def _ds_str(x: float) -> str:
@@ -107,7 +107,7 @@ def write_dicom(
         date, time = _FIXED_DATE, _FIXED_TIME
 
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPClassUID = UID(sop_class)
     meta.MediaStorageSOPInstanceUID = sop_uid
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     meta.ImplementationVersionName = "MEDSEC_0_1"

@@ -121,11 +121,11 @@ def generate_brain(n: int, size: int, rng: np.random.Generator, difficulty: floa
         pix[sl] = to_uint8(img)
         masks[sl] = mask
     return Split(pixels=pix[:, None], targets=masks, patient_ids=pids,
-                 extra={"has_lesion": masks.reshape(n, -1).any(axis=1).astype(np.int64)})
+                 extra={"has_lesion": np.asarray(masks.reshape(n, -1).any(axis=1), dtype=np.int64)})
 
 
 register(SyntheticSpec(
     info=DatasetInfo(name="brain-mri", task="segmentation", class_names=("background", "lesion"), channels=1,
                      modality="MR", synthetic=True,
                      description="procedural axial FLAIR brain phantom (synthetic) with lesion masks"),
-    generate=generate_brain, default_difficulty=0.5))
+    generate=generate_brain, default_difficulty=0.7))

@@ -172,8 +172,10 @@ def _render(
 
     # ---- normal anatomy ----
     ax = np.abs(X)
-    body = soft_step(0.93 - ax * (1.0 - 0.08 * Y), 0.05)
-    img = 0.10 + 0.42 * body + 0.08 * soft_step(Y - 0.55, 0.3) * body
+    shoulder = 1.6 * np.clip(-0.6 - Y, 0, None) ** 1.5  # the trunk narrows over the shoulders to the neck
+    body = soft_step(0.93 - shoulder - ax * (1.0 - 0.08 * Y), 0.05)
+    arms = soft_step(ax - 0.97 + 0.1 * Y, 0.04) * 0.5  # upper arms beside the trunk
+    img = 0.10 + 0.42 * np.maximum(body, arms) + 0.08 * soft_step(Y - 0.55, 0.3) * body
     img = img - (0.33 + 0.1 * c * col(emph)) * lungs
     img = img + 0.04 * heart
     img = img + 0.04 * soft_step(0.07 - ax, 0.02) * (0.6 + 0.4 * np.cos(np.pi * Y / 0.11) ** 2)  # spine
@@ -190,7 +192,7 @@ def _render(
     clav_y = -0.72 + 0.12 * (ax - 0.1)
     img = img + 0.12 * gauss(((Y - clav_y) / 0.03) ** 2) * soft_step(0.62 - ax, 0.05) * soft_step(ax - 0.06, 0.03)
     img = img + 0.08 * col(P["breast"]) * soft_step(Y - 0.15, 0.2) * soft_step(ax - 0.45, 0.2) * body
-    bubble = gauss(((X - 0.38) ** 2 / 0.1**2 + (Y - col(base_l) - 0.12) ** 2 / 0.06**2))
+    bubble = gauss((X - 0.38) ** 2 / 0.1**2 + (Y - col(base_l) - 0.12) ** 2 / 0.06**2)
     img = img - 0.12 * col(P["bubble"]) * bubble
     dist_h = np.sqrt((ax - 0.2) ** 2 + (Y + 0.03) ** 2)
     vessels = gauss((smooth_noise(rng, m, size, 0.012) / 0.3) ** 2)
@@ -383,7 +385,7 @@ def generate_chest14(n: int, size: int, rng: np.random.Generator, difficulty: fl
 def generate_chest2(n: int, size: int, rng: np.random.Generator, difficulty: float) -> Split:
     """The chest14 images for the same rng, labelled 1 when any finding is present."""
     px, lab, pids = render_chest(n, size, rng, difficulty)
-    return Split(pixels=px, targets=lab.any(axis=1).astype(np.int64), patient_ids=pids,
+    return Split(pixels=px, targets=np.asarray(lab.any(axis=1), dtype=np.int64), patient_ids=pids,
                  extra={"findings": lab})
 
 
@@ -411,11 +413,11 @@ _DESC = "procedural PA chest radiograph phantom (synthetic)"
 register(SyntheticSpec(
     info=DatasetInfo(name="chest14", task="multilabel", class_names=FINDINGS, channels=1, modality="CR",
                      synthetic=True, description=f"{_DESC}, 14 ChestX-ray14 findings"),
-    generate=generate_chest14, default_difficulty=0.5))
+    generate=generate_chest14, default_difficulty=0.3))
 register(SyntheticSpec(
     info=DatasetInfo(name="chest2", task="classification", class_names=("No Finding", "Finding"), channels=1,
                      modality="CR", synthetic=True, description=f"{_DESC}, any finding vs none"),
-    generate=generate_chest2, default_difficulty=0.5))
+    generate=generate_chest2, default_difficulty=0.3))
 register(SyntheticSpec(
     info=DatasetInfo(name="rsna", task="classification", class_names=("Normal", "Pneumonia"), channels=1,
                      modality="CR", synthetic=True, description=f"{_DESC}, pneumonia opacities"),

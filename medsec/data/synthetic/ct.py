@@ -55,16 +55,16 @@ def _params(rng: np.random.Generator, n: int, y: np.ndarray, d: float) -> dict[s
     mal = y.astype(F32)
     c = contrast(d, 0.25)
     overlap = 0.5 * d  # size distributions move towards each other with difficulty
-    r_benign = 0.10 + 0.10 * u(n)
-    r_malig = 0.13 + 0.17 * u(n)
-    radius = np.where(mal > 0, r_malig * (1 - 0.3 * overlap) + 0.15 * overlap * 0.6,
-                      r_benign * (1 + 0.3 * overlap))
-    harm = np.where(mal[:, None] > 0, (0.06 + 0.12 * u((n, N_HARM))) * c, 0.025 * u((n, N_HARM)) + 0.05 * d * u((n, N_HARM)))
+    r_benign = 0.16 + 0.14 * u(n)
+    r_malig = 0.2 + 0.22 * u(n)
+    radius = np.where(mal > 0, r_malig * (1 - 0.25 * overlap), r_benign * (1 + 0.25 * overlap))
+    harm = np.where(mal[:, None] > 0, (0.06 + 0.14 * u((n, N_HARM))) * c,
+                    0.025 * u((n, N_HARM)) + 0.06 * d * u((n, N_HARM)))
     p = {
         "cy": rng.normal(0, 0.06, n), "cx": rng.normal(0, 0.06, n), "radius": radius,
         "harm": harm / np.arange(1, N_HARM + 1)[None, :] ** 0.5, "phase": 2 * np.pi * u((n, N_HARM)),
-        "n_spikes": np.where(mal > 0, rng.integers(5, N_SPIKES + 1, n), 0),
-        "spike_ang": 2 * np.pi * u((n, N_SPIKES)), "spike_len": (0.5 + 0.9 * u((n, N_SPIKES))) * c,
+        "n_spikes": np.where(mal > 0, rng.integers(6, N_SPIKES + 1, n), 0),
+        "spike_ang": 2 * np.pi * u((n, N_SPIKES)), "spike_len": (0.5 + 0.8 * u((n, N_SPIKES))) * c,
         "calcified": ((mal == 0) & (u(n) < 0.3)).astype(F32), "halo": ((mal > 0) & (u(n) < 0.3)).astype(F32),
         "density": 0.55 + 0.15 * u(n), "edge": np.where(mal > 0, 0.02 + 0.02 * u(n), 0.008 + 0.01 * u(n)),
         "lung": 0.10 + 0.08 * u(n),
@@ -83,7 +83,7 @@ def _render(p: dict[str, np.ndarray], sl: slice, size: int, rng: np.random.Gener
     m = len(P["cy"])
     px = pixel(size)
     y, x = grid(size)
-    img = np.broadcast_to(col(P["lung"]), (m, size, size)).astype(F32)
+    img: np.ndarray = np.broadcast_to(col(P["lung"]), (m, size, size)).astype(F32)
     img = img + 0.025 * smooth_noise(rng, m, size, 0.02)
     ridge = gauss((smooth_noise(rng, m, size, 0.07) / 0.12) ** 2)
     img = img + 0.15 * ridge * soft_step(smooth_noise(rng, m, size, 0.1) - 0.3, 1.0)
@@ -103,7 +103,7 @@ def _render(p: dict[str, np.ndarray], sl: slice, size: int, rng: np.random.Gener
     edge = np.maximum(col(P["edge"]), px)
     nod = soft_step(bound - r, edge)
     spikes = np.zeros((m, size, size), F32)
-    thick = max(0.012, 0.6 * px)
+    thick = max(0.025, 0.8 * px)
     for k in range(N_SPIKES):
         on = col((P["n_spikes"] > k).astype(F32))
         ang = col(P["spike_ang"][:, k])
@@ -116,7 +116,7 @@ def _render(p: dict[str, np.ndarray], sl: slice, size: int, rng: np.random.Gener
     halo = col(P["halo"]) * 0.25 * soft_step(1.5 * bound - r, 0.1)
     core = col(P["calcified"]) * soft_step(0.45 * col(P["radius"]) - r, max(0.02, px))
     dens = col(P["density"])
-    img = np.maximum(img, np.maximum(dens * nod, np.maximum(0.85 * dens * spikes, halo)))
+    img = np.maximum(img, np.maximum(dens * nod, np.maximum(dens * spikes, halo)))
     img = img + 0.35 * core
     # chest wall: soft tissue with a fat stripe and a rib beyond a curved pleural line
     wa = col(P["wall_ang"])
@@ -145,4 +145,4 @@ register(SyntheticSpec(
     info=DatasetInfo(name="ct-slices", task="classification", class_names=("Benign", "Malignant"), channels=1,
                      modality="CT", synthetic=True,
                      description="procedural lung-window CT nodule crop phantom (synthetic), benign vs malignant"),
-    generate=generate_ct, default_difficulty=0.5))
+    generate=generate_ct, default_difficulty=0.6))

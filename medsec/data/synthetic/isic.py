@@ -156,4 +156,4 @@ register(SyntheticSpec(
     info=DatasetInfo(name="isic", task="segmentation", class_names=("background", "lesion"), channels=3,
                      modality="XC", synthetic=True,
                      description="procedural dermoscopy phantom (synthetic): lesion masks, benign/malignant label"),
-    generate=generate_isic, default_difficulty=0.5))
+    generate=generate_isic, default_difficulty=0.7))

@@ -7,7 +7,7 @@ thin out, then the choroid with dark vessel lumens fading into the sclera; multi
 log compression and detector noise.
 
 - NORMAL: the above.
-- DRUSEN: 2-5 dome-shaped RPE elevations with medium-reflective material beneath, outer layers lifted.
+- DRUSEN: 3-6 dome-shaped RPE elevations with medium-reflective material beneath, outer layers lifted.
 - DME: retinal thickening (the pit fills in) with hyporeflective cystoid spaces in the INL/OPL/ONL.
 - CNV: a broad RPE elevation (fibrovascular PED, heterogeneous material) with a dark subretinal
   fluid pocket above it and sometimes intraretinal fluid.
@@ -35,8 +35,9 @@ from medsec.data.synthetic._common import (
 )
 
 CLASSES = ("CNV", "DME", "DRUSEN", "NORMAL")
-N_DRUSEN = 5
+N_DRUSEN = 6
 N_CYSTS = 7
+SPECKLE_GRID = 256  # speckle grains across a B-scan
 
 
 def _params(rng: np.random.Generator, n: int, y: np.ndarray, d: float) -> dict[str, np.ndarray]:
@@ -45,19 +46,19 @@ def _params(rng: np.random.Generator, n: int, y: np.ndarray, d: float) -> dict[s
     cls = y
     return {
         "cls": cls.astype(F32),
-        "y0": 0.2 + rng.normal(0, 0.06, n), "curv": 0.1 + 0.15 * u(n), "tilt": rng.normal(0, 0.08, n),
+        "y0": 0.3 + rng.normal(0, 0.06, n), "curv": 0.1 + 0.15 * u(n), "tilt": rng.normal(0, 0.08, n),
         "fx": rng.normal(0, 0.12, n), "pit": 0.7 + 0.25 * u(n), "pit_w": 0.12 + 0.06 * u(n),
-        "t_in": 0.32 + 0.08 * u(n), "nasal": np.where(u(n) < 0.5, -1.0, 1.0),
+        "t_in": 0.42 + 0.1 * u(n), "nasal": np.where(u(n) < 0.5, -1.0, 1.0),
         # drusen
-        "dr_n": rng.integers(2, N_DRUSEN + 1, n), "dr_x": 1.6 * u((n, N_DRUSEN)) - 0.8,
-        "dr_h": (0.03 + 0.05 * u((n, N_DRUSEN))) * c, "dr_w": 0.04 + 0.06 * u((n, N_DRUSEN)),
+        "dr_n": rng.integers(3, N_DRUSEN + 1, n), "dr_x": 1.6 * u((n, N_DRUSEN)) - 0.8,
+        "dr_h": (0.06 + 0.08 * u((n, N_DRUSEN))) * c, "dr_w": 0.05 + 0.07 * u((n, N_DRUSEN)),
         # dme
-        "thick": 1 + (0.35 + 0.35 * u(n)) * c, "cy_n": rng.integers(3, N_CYSTS + 1, n),
+        "thick": 1 + (0.4 + 0.4 * u(n)) * c, "cy_n": rng.integers(3, N_CYSTS + 1, n),
         "cy_x": rng.normal(0, 0.25, (n, N_CYSTS)), "cy_d": 0.35 + 0.5 * u((n, N_CYSTS)),
-        "cy_r": (0.025 + 0.04 * u((n, N_CYSTS))) * (0.6 + 0.4 * c),
+        "cy_r": (0.04 + 0.05 * u((n, N_CYSTS))) * (0.6 + 0.4 * c),
         # cnv
-        "ped_x": rng.normal(0, 0.15, n), "ped_h": (0.06 + 0.08 * u(n)) * c, "ped_w": 0.12 + 0.12 * u(n),
-        "srf_h": (0.04 + 0.06 * u(n)) * c, "irf": (u(n) < 0.4).astype(F32),
+        "ped_x": rng.normal(0, 0.15, n), "ped_h": (0.1 + 0.1 * u(n)) * c, "ped_w": 0.14 + 0.12 * u(n),
+        "srf_h": (0.06 + 0.08 * u(n)) * c, "irf": (u(n) < 0.25).astype(F32),
         "speckle": 0.5 + 0.6 * d + 0.2 * u(n), "gain": 0.9 + 0.2 * u(n), "noise": np.full(n, 0.03 + 0.03 * d),
         "contrast": c * np.ones(n),
     }
@@ -89,9 +90,9 @@ def _render(p: dict[str, np.ndarray], sl: slice, size: int, rng: np.random.Gener
     thick = 1 + is_["DME"] * (col(P["thick"]) - 1)
     pit = pit * (1 - 0.8 * is_["DME"] * c)
     t_in = col(P["t_in"]) * nasal * (1 - pit) * thick
-    t_out = 0.16 * (1 + 0.25 * gauss((dx / col(P["pit_w"])) ** 2)) * (1 + 0.3 * (thick - 1))
+    t_out = 0.2 * (1 + 0.25 * gauss((dx / col(P["pit_w"])) ** 2)) * (1 + 0.3 * (thick - 1))
     ez = rpe_top - srf - 0.05  # ellipsoid zone sits above the RPE; subretinal fluid pushes it up
-    opl = ez - t_out
+    opl = ez - t_out + 0.6 * lift  # the outer nuclear layer is compressed over RPE elevations
     ilm = opl - t_in
     # reflectivity as steps at the layer boundaries (depth increases downwards)
     b = [
@@ -99,7 +100,7 @@ def _render(p: dict[str, np.ndarray], sl: slice, size: int, rng: np.random.Gener
         (ilm + 0.85 * t_in, 0.25), (opl, -0.35), (ez - 0.02, 0.2), (ez - 0.012, -0.2), (ez, 0.55),
         (ez + 0.02, -0.5), (rpe_top - srf, 0.0), (rpe_top, 0.75), (rpe_top + 0.035, -0.87),
     ]
-    img = np.full((m, size, size), 0.02, F32)
+    img: np.ndarray = np.full((m, size, size), 0.02, F32)
     for bound, step in b:
         img = img + step * soft_step(Y - bound, e)
     # material beneath elevated RPE (drusen, PED): medium reflective, fills rpe_top+0.035 .. rpe+0.035
@@ -108,7 +109,7 @@ def _render(p: dict[str, np.ndarray], sl: slice, size: int, rng: np.random.Gener
     img = img + 0.3 * under * het
     # subretinal fluid: dark between ez+0.02 .. rpe_top - 0 (already step 0); make it hypo-reflective
     srf_zone = soft_step(Y - (ez + 0.02), e) * soft_step(rpe_top - Y, e) * (srf > 0.004)
-    img = img * (1 - 0.8 * srf_zone * c)
+    img = img * (1 - 0.9 * srf_zone * np.sqrt(c))
     # choroid below the RPE band, with vessel lumens, fading into the sclera
     chor = soft_step(Y - (rpe + 0.035), e)
     depth_c = np.clip(Y - (rpe + 0.035), 0, None)
@@ -127,10 +128,11 @@ def _render(p: dict[str, np.ndarray], sl: slice, size: int, rng: np.random.Gener
         r = col(P["cy_r"][:, k])
         cysts = np.maximum(cysts, on * soft_step(1 - np.sqrt(((X - cxk) / (0.8 * r)) ** 2 + ((Y - cyk) / r) ** 2), 0.3))
     img = img * (1 - 0.9 * cysts * c)
-    # speckle (multiplicative, slightly correlated), log compression, noise
-    shape = 1.0 / col(P["speckle"]) ** 2
+    # speckle: fully developed speckle is gamma-distributed; a pixel of a downsampled B-scan averages
+    # about (SPECKLE_GRID / size)^2 grains (Kermany scans are ~500 px wide), so it is smoother at 64 px
+    grains = max(1.0, (SPECKLE_GRID / size) ** 2)
+    shape = grains / col(P["speckle"]) ** 2
     sp = rng.gamma(np.broadcast_to(shape, (m, size, size)), 1.0).astype(F32) / shape
-    sp = 0.5 * sp + 0.5 * (1 + col(P["speckle"]) * 0.5 * smooth_noise(rng, m, size, 0.004))
     img = np.clip(img, 0, None) * sp * col(P["gain"])
     img = np.log1p(6 * img) / np.log1p(6.0)
     img = img + col(P["noise"]) * rng.standard_normal((m, size, size), dtype=F32)
@@ -150,4 +152,4 @@ def generate_oct(n: int, size: int, rng: np.random.Generator, difficulty: float)
 register(SyntheticSpec(
     info=DatasetInfo(name="oct", task="classification", class_names=CLASSES, channels=1, modality="OPT",
                      synthetic=True, description="procedural retinal OCT B-scan phantom (synthetic), 4 classes"),
-    generate=generate_oct, default_difficulty=0.5))
+    generate=generate_oct, default_difficulty=0.8))

@@ -1,0 +1,250 @@
+"""CLI commands of the integrity area: keygen, sign, verify, infer (and serve, when pynetdicom is there)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from medsec.integrity.errors import IntegrityError
+
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
+
+PasswordOpt = Annotated[
+    str | None,
+    typer.Option("--password", envvar="MEDSEC_KEY_PASSWORD", help="Password of the private key (or $MEDSEC_KEY_PASSWORD)."),
+]
+
+
+EXIT_UNREADABLE_EMPTY = 10  # `verify` on folders holding no file: nothing can be vouched for
+
+
+def _fail(e: IntegrityError) -> SystemExit:
+    """Print the error and give the SystemExit carrying its documented code.
+
+    SystemExit rather than typer.Exit: `medsec.cli.main` runs the app with standalone_mode=False, where
+    click turns typer.Exit into a return value and the exit code would be lost."""
+    err_console.print(f"error: {e}", style="bold red", markup=False)
+    return SystemExit(e.exit_code)
+
+
+def keygen(
+    out_dir: Annotated[Path, typer.Argument(help="Folder for NAME.key, NAME.pem and trust/.")],
+    name: Annotated[str, typer.Option(help="File name stem of the key and certificate.")] = "signer",
+    cn: Annotated[str | None, typer.Option("--cn", help="Certificate subject common name (default: NAME).")] = None,
+    algorithm: Annotated[str, typer.Option(help="rsa or ecdsa.")] = "rsa",
+    bits: Annotated[int, typer.Option(help="RSA key size.")] = 2048,
+    curve: Annotated[str, typer.Option(help="ECDSA curve: P-256, P-384, P-521.")] = "P-256",
+    days: Annotated[float, typer.Option(help="Validity in days.")] = 365,
+    ca: Annotated[bool, typer.Option("--ca", help="Make a CA certificate (to issue signer certificates).")] = False,
+    issuer_key: Annotated[Path | None, typer.Option(help="CA private key that issues this certificate.")] = None,
+    issuer_cert: Annotated[Path | None, typer.Option(help="CA certificate that issues this certificate.")] = None,
+    issuer_password: Annotated[str | None, typer.Option(help="Password of the CA private key.")] = None,
+    password: PasswordOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing NAME.key/NAME.pem.")] = False,
+) -> None:
+    """Make a key pair and certificate (self-signed, a CA, or issued by your CA) and a trust-store folder."""
+    from medsec.integrity.keys import keygen as _keygen
+
+    if algorithm not in ("rsa", "ecdsa"):
+        raise typer.BadParameter("choose rsa or ecdsa", param_hint="--algorithm")
+    try:
+        r = _keygen(out_dir, name=name, common_name=cn, kind=algorithm,  # type: ignore[arg-type]
+                    bits=bits, curve=curve, days=days, ca=ca, issuer_key_path=issuer_key,
+                    issuer_cert_path=issuer_cert, issuer_password=issuer_password, password=password,
+                    force=force)
+    except IntegrityError as e:
+        raise _fail(e) from None
+    console.print(f"private key  {r.key} (mode 0600{', encrypted' if password else ''})", markup=False)
+    console.print(f"certificate  {r.cert}", markup=False)
+    console.print(f"trust store  {r.trust_dir}/ (holds {r.trusted_cert.name})", markup=False)
+
+
+def sign(
+    infile: Annotated[Path, typer.Argument(help="DICOM file to sign.")],
+    outfile: Annotated[Path, typer.Argument(help="Signed copy to write (may equal IN).")],
+    key: Annotated[Path, typer.Option(help="Signer private key (PEM or DER).")],
+    cert: Annotated[Path, typer.Option(help="Signer certificate (PEM or DER).")],
+    profile: Annotated[str, typer.Option(help="none, base, creator or authorization (RSA profiles need RSA).")] = "base",
+    mac: Annotated[str, typer.Option(help="sha256, sha384, sha512, sha1 or ripemd160.")] = "sha256",
+    tags: Annotated[list[str] | None, typer.Option("--tags", "--tag", help="Sign only this element "
+                    "(gggg,eeee or keyword); repeat it. Default: every signable element.")] = None,
+    item: Annotated[str | None, typer.Option(help="Sign inside a sequence item, e.g. 'ProcedureCodeSequence[0]'.")] = None,
+    password: PasswordOpt = None,
+) -> None:
+    """Add a DICOM digital signature (PS3.15 Annex C, dcmsign-compatible) and write the signed copy."""
+    from medsec.integrity import rawdicom as rd
+    from medsec.integrity.signature import required_coverage, sign_file
+
+    split = [t for arg in tags or [] for t in arg.replace(" ", "").split(";") if t] if tags else None
+    try:
+        r = sign_file(infile, outfile, key, cert, profile=profile, mac=mac, tags=split, item=item, password=password)
+    except IntegrityError as e:
+        raise _fail(e) from None
+    console.print(f"signed {infile} -> {r.output}: {r.profile} profile, {r.mac}, {len(r.signed_tags)} elements, "
+                  f"{r.location} data set, signature UID {r.uid}", markup=False)
+    covered = set(required_coverage(rd.read(str(r.output)).dataset)) - set(r.signed_tags)
+    if covered and r.location == "main":
+        err_console.print("note: this signature does not cover "
+                          f"{', '.join(rd.tag_str(t) for t in sorted(covered))}: the gate will not accept it alone",
+                          style="yellow", markup=False)
+
+
+def verify(
+    files: Annotated[list[Path], typer.Argument(help="DICOM files (or folders of them) to verify.")],
+    trust: Annotated[Path, typer.Option(help="Trusted certificate file or folder of certificates.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document instead of text.")] = False,
+    audit_log: Annotated[Path | None, typer.Option(help="Append one JSON line per file to this log.")] = None,
+) -> None:
+    """Verify signatures; exit 0 only if every file has a valid trusted signature covering Pixel Data
+    and the SOP/Study/Series Instance UIDs (exit codes: see docs/integrity.md)."""
+    from medsec.integrity import rawdicom as rd
+    from medsec.integrity.gate import Gate
+
+    expanded: list[Path] = []
+    for f in files:  # a folder stands for every file below it, in name order
+        expanded.extend(sorted(p for p in f.rglob("*") if p.is_file()) if f.is_dir() else [f])
+    if not expanded:
+        err_console.print(f"error: no file to verify in {', '.join(map(str, files))}", style="bold red", markup=False)
+        raise SystemExit(EXIT_UNREADABLE_EMPTY)
+    try:
+        gate = Gate(trust, audit_log)
+        verdicts = [gate(f) for f in expanded]
+    except IntegrityError as e:
+        raise _fail(e) from None
+    if as_json:
+        print(json.dumps([v.as_dict() for v in verdicts], indent=2))
+    else:
+        for v in verdicts:
+            console.print(f"{'OK' if v.ok else 'REFUSED'} {v.file}: {v.reason} (exit {v.exit_code}) - {v.message}",
+                          style="bold green" if v.ok else "bold red", markup=False)
+            for s in v.signatures:
+                tags = ", ".join(rd.tag_str(t) for t in s.signed_tags[:6])
+                more = f" +{len(s.signed_tags) - 6} more" if len(s.signed_tags) > 6 else ""
+                console.print(f"    signature {s.uid} in {s.location} data set: {s.status}: {s.reason}\n"
+                              f"      signer {s.signer} | {s.key_algorithm} {s.mac} | time {s.datetime}\n"
+                              f"      covers {tags}{more}; pixels+UIDs covered: {s.covers_pixels_and_uids}",
+                              markup=False)
+    failing = [v for v in verdicts if not v.ok]
+    if failing:
+        raise SystemExit(failing[0].exit_code)
+
+
+def infer(
+    files: Annotated[list[Path], typer.Argument(help="DICOM files to classify/segment.")],
+    model: Annotated[Path, typer.Option(help="Victim checkpoint (medsec.models.load_checkpoint).")],
+    require_signature: Annotated[bool, typer.Option("--require-signature/--no-require-signature",
+                                                    help="Run the integrity gate first; refuse what fails.")] = False,
+    trust: Annotated[Path | None, typer.Option(help="Trusted certificate or folder (with --require-signature).")] = None,
+    audit_log: Annotated[Path, typer.Option(help="JSON-lines audit log of the gate's verdicts.")] = Path(
+        "medsec-audit.jsonl"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print results as JSON.")] = False,
+) -> None:
+    """Predict on DICOM files; with --require-signature only signed, untampered files reach the model."""
+    from medsec.errors import MedsecError
+    from medsec.integrity.gate import Gate, RefusedError
+    from medsec.integrity.infer import infer_file
+
+    if require_signature and trust is None:
+        raise typer.BadParameter("--require-signature needs --trust CERT_OR_DIR", param_hint="--trust")
+    try:
+        from medsec.models import load_checkpoint  # type: ignore[attr-defined,import-not-found,unused-ignore]
+    except ImportError as e:
+        raise MedsecError(f"medsec.models is not available in this installation ({e})") from e
+    try:
+        gate = Gate(trust, audit_log) if require_signature and trust is not None else None
+    except IntegrityError as e:
+        raise _fail(e) from None
+    if gate is None:
+        err_console.print("warning: signatures are not checked (use --require-signature --trust ...)",
+                          style="yellow", markup=False)
+    net, meta = load_checkpoint(model)
+    results, first_code = [], 0
+    for f in files:
+        try:
+            r = infer_file(f, net, meta, gate)
+        except RefusedError as e:
+            v = e.verdict
+            results.append({"file": str(f), "refused": True, "reason": v.reason, "exit_code": v.exit_code,
+                            "message": v.message})
+            err_console.print(f"REFUSED {f}: {v.reason} (exit {v.exit_code}) - {v.message}; "
+                              f"logged to {audit_log}", style="bold red", markup=False)
+            first_code = first_code or v.exit_code
+            continue
+        except IntegrityError as e:  # unreadable pixels without a gate
+            err_console.print(f"error: {e}", style="bold red", markup=False)
+            results.append({"file": str(f), "refused": True, "reason": "unreadable", "exit_code": e.exit_code,
+                            "message": str(e)})
+            first_code = first_code or e.exit_code
+            continue
+        results.append(r)
+        if not as_json:
+            if r["task"] == "classification":
+                top = ", ".join(f"{k} {p:.3f}" for k, p in sorted(r["probabilities"].items(), key=lambda kv: -kv[1]))
+                console.print(f"{f}: {r['prediction']} ({top}) [signature: {r['signature']['verdict']}]", markup=False)
+            else:
+                console.print(f"{f}: mask fractions {r['mask_fraction']} "
+                              f"[signature: {r['signature']['verdict']}]", markup=False)
+    if as_json:
+        print(json.dumps(results, indent=2))
+    if first_code:
+        raise SystemExit(first_code)
+
+
+def serve(
+    trust: Annotated[Path, typer.Option(help="Trusted certificate or folder of certificates.")],
+    port: Annotated[int, typer.Option(help="DICOM port to listen on.")] = 11112,
+    host: Annotated[str, typer.Option(help="Address to bind (default loopback only).")] = "127.0.0.1",
+    ae_title: Annotated[str, typer.Option(help="This node's AE title.")] = "MEDSEC",
+    store: Annotated[Path, typer.Option(help="Folder for accepted instances.")] = Path("medsec-store"),
+    quarantine: Annotated[Path, typer.Option(help="Folder for refused instances (+ verdict JSON).")] = Path(
+        "medsec-quarantine"),
+    model: Annotated[Path | None, typer.Option(help="Checkpoint to run on every accepted instance.")] = None,
+    audit_log: Annotated[Path, typer.Option(help="JSON-lines audit log.")] = Path("medsec-audit.jsonl"),
+    acknowledge_refused: Annotated[bool, typer.Option(help="Answer 0x0000 even for quarantined instances.")] = False,
+) -> None:
+    """Run a DICOM Storage SCP that gates every received instance (Ctrl-C stops it)."""
+    from medsec.errors import MedsecError
+    from medsec.integrity.gate import Gate
+    from medsec.integrity.infer import infer_bytes
+    from medsec.integrity.scp import GatedStorageSCP
+
+    try:
+        gate = Gate(trust, audit_log)
+    except IntegrityError as e:
+        raise _fail(e) from None
+    on_accept = None
+    if model is not None:
+        try:
+            from medsec.models import load_checkpoint  # type: ignore[attr-defined,import-not-found,unused-ignore]
+        except ImportError as e:
+            raise MedsecError(f"medsec.models is not available in this installation ({e})") from e
+        net, meta = load_checkpoint(model)
+
+        def on_accept(data: bytes, path: Path, verdict: object) -> dict:  # type: ignore[type-arg]
+            r = infer_bytes(data, str(path), net, meta, None)  # these exact bytes were gated already
+            console.print(f"{path}: {r.get('prediction', r.get('mask_fraction'))}", markup=False)
+            return r
+
+    scp = GatedStorageSCP(gate, store, quarantine, ae_title=ae_title, on_accept=on_accept,
+                          refuse=not acknowledge_refused)
+    console.print(f"listening on {host}:{port} as {ae_title}; trust {trust}; audit log {audit_log}", markup=False)
+    try:
+        scp.start(host, port, block=True)
+    except OSError as e:
+        raise MedsecError(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
+    except KeyboardInterrupt:
+        pass
+
+
+def register(app: typer.Typer) -> None:
+    """Add keygen, sign, verify (and infer, serve) to `app`."""
+    app.command("keygen")(keygen)
+    app.command("sign")(sign)
+    app.command("verify")(verify)
+    app.command("infer")(infer)
+    app.command("serve")(serve)
