@@ -327,7 +327,7 @@ class BestOf(Attack):
         if len(budgets) == 1:
             self.norm, self.eps = next(iter(budgets))
 
-    def run(self, model: nn.Module, x: Tensor, y: Tensor) -> AttackResult:
+    def run(self, model: nn.Module, x: Tensor, y: Tensor, verify: bool = True) -> AttackResult:
         x = check_images(x)
         obj = self.objective or (lambda xa, yy: quality(model, xa, yy, self.task_name))
         best_x = x.detach().clone()
@@ -390,7 +390,7 @@ class SurrogateTransfer(Attack):
         k = len(self.surrogates)
         return fooled / k * 1e3 + loss / k  # fooling more surrogates first, then a higher loss
 
-    def run(self, model: nn.Module, x: Tensor, y: Tensor) -> AttackResult:
+    def run(self, model: nn.Module, x: Tensor, y: Tensor, verify: bool = True) -> AttackResult:
         x = check_images(x)
         y = y.to(x.device)
         best_x, best_e = x.detach().clone(), torch.full((x.shape[0],), -math.inf, device=x.device)
