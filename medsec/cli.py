@@ -32,6 +32,7 @@ COMMAND_MODULES: list[str] = [
     "medsec.data.cli",
     "medsec.attacks.cli",
     "medsec.integrity.cli",
+    "medsec.evaluation.study_cli",
 ]
 
 for _mod in COMMAND_MODULES:

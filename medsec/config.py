@@ -123,6 +123,59 @@ class ReproduceConfig(_Strict):
     defence_epochs: int | None = Field(None, gt=0)  # epochs for networks the defences train (None: train.epochs)
 
 
+class TransferConfig(_Strict):
+    """The transferability study (Bortsova et al. 2021): surrogate -> target across architecture,
+    initialisation and development data. Every eps is in [0, 1] pixel units (their [-1, 1] 0.02 = 0.01)."""
+
+    dataset: str = "chest2"
+    pretrain_source: str = "rsna"  # the other embedded task 'pretrained' models start from
+    difficulty: float | None = Field(None, ge=0, le=1)  # synthetic data difficulty (both tasks); None = default
+    archs: list[str] = Field(default_factory=lambda: ["densenet121", "resnet50", "vgg16"])
+    width: float = Field(0.125, gt=0, le=4)
+    depth: float = Field(0.34, gt=0, le=1)
+    n_train: int = Field(600, ge=20)  # development pool: d1 and d2 are its halves
+    n_val: int = Field(160, ge=8)
+    n_test: int = Field(200, ge=8)
+    epochs: int = Field(8, gt=0)
+    batch_size: int = Field(16, gt=0)  # small batches: enough optimiser steps on a small d1
+    inits: list[str] = Field(default_factory=lambda: ["random", "pretrained"])
+    weights: dict[str, str] = Field(default_factory=dict)  # arch -> weights file: adds the init "file"
+    data_variants: list[str] = Field(default_factory=lambda: ["d2", "d3", "d0"])
+    data_variant_inits: list[str] = Field(default_factory=lambda: ["pretrained"])
+    attacks: list[str] = Field(default_factory=lambda: ["fgsm", "pgd"])
+    pgd_steps: int = Field(20, gt=0)
+    pgd_alpha: float = Field(0.005, gt=0)  # Bortsova's step 0.01 in [-1, 1]
+    eps: list[float] = Field(default_factory=lambda: [0.005, 0.01, 0.02])
+    main_eps: float = Field(0.01, gt=0)  # the eps of the heat maps and findings
+    n_eval: int = Field(100, gt=0)  # test images attacked
+    whitebox: bool = True  # also attack each target with itself (the white-box reference)
+    target_seed: int = 0
+    surrogate_seed: int = 1
+    pretrain_seed: int = 100
+
+
+class SurveyConfig(_Strict):
+    """The survey attacks (Sipola et al.'s list), each on several embedded datasets."""
+
+    datasets: list[str] = Field(default_factory=lambda: ["chest2", "rsna"])
+    n_eval: int = Field(100, gt=0)
+    patch_sizes: list[float] = Field(default_factory=lambda: [0.01, 0.04, 0.09])  # fraction of the image area
+    patch_steps: int = Field(150, gt=0)
+    onepixel_pixels: list[int] = Field(default_factory=lambda: [1, 5, 20])
+    onepixel_popsize: int = Field(40, ge=4)
+    onepixel_iterations: int = Field(15, ge=0)
+    onepixel_n_eval: int = Field(50, gt=0)
+    uap_eps: list[float] = Field(default_factory=lambda: [0.01, 0.03])
+    uap_epochs: int = Field(5, gt=0)
+    backdoor_rates: list[float] = Field(default_factory=lambda: [0.01, 0.05])
+    backdoor_target_class: int = 0
+    backdoor_trigger: float = Field(0.1, gt=0)  # trigger side: fraction of the image side (< 1) or pixels
+    fc_targets: int = Field(5, gt=0)
+    fc_poisons: int = Field(5, gt=0)
+    fc_steps: int = Field(100, gt=0)
+    fc_eps: float = Field(0.1, gt=0, le=1)
+
+
 class ExperimentConfig(_Strict):
     """One experiment: seeds, data, models, training, and the victims per dataset."""
 
@@ -136,6 +189,8 @@ class ExperimentConfig(_Strict):
     victims: dict[str, VictimConfig] = Field(default_factory=dict)
     defences: DefencesConfig = DefencesConfig()
     reproduce: ReproduceConfig = ReproduceConfig()
+    transfer: TransferConfig = TransferConfig()
+    survey: SurveyConfig = SurveyConfig()
 
     def digest(self, *parts: str) -> str:
         """A short hash of the named sections (e.g. "data", "train", "model") for cache keys."""

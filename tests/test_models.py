@@ -72,3 +72,13 @@ def test_unknown_dataset_and_checkpoint_errors(cache_dir, tmp_path):
     m = build_model("resnet20", in_channels=1, num_outputs=2, task="classification", width=0.25)
     with pytest.raises(MedsecError, match="lacks"):
         save_checkpoint(m, tmp_path / "m.pt", {"arch": "resnet20"})
+
+
+def test_same_seed_same_victim(tmp_path):
+    import torch
+
+    a = get_victim(tiny_cfg(tmp_path / "a", epochs=1), "toy-blobs")
+    torch.rand(100)  # global RNG state differs between the two trainings
+    b = get_victim(tiny_cfg(tmp_path / "b", epochs=1), "toy-blobs")
+    for (ka, va), (_, vb) in zip(a.model.state_dict().items(), b.model.state_dict().items(), strict=True):
+        assert torch.equal(va, vb), ka

@@ -22,11 +22,17 @@ from medsec.attacks.losses import (
     Sum,
     Weighted,
 )
+from medsec.attacks.onepixel import OnePixel
+from medsec.attacks.patch import AdversarialPatch
+from medsec.attacks.poisoning import BadNets, FeatureCollision
 from medsec.attacks.registry import ATTACKS, build_attack, register_attack
+from medsec.attacks.universal import UniversalPerturbation
 
 __all__ = [
     # attacks
     "APGD", "BIM", "CW", "Cascade", "CWLinf", "DeepFool", "FGSM", "GradientAttack", "MIM", "PGD",
+    # the survey's attacks
+    "AdversarialPatch", "BadNets", "FeatureCollision", "OnePixel", "UniversalPerturbation",
     # losses
     "BCE", "DLR", "CrossEntropy", "Dice", "ExtraTerm", "Loss", "LossInput", "Margin", "Sum", "Weighted",
     # engine pieces and helpers

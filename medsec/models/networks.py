@@ -1,4 +1,4 @@
-"""Victim networks: MONAI's DenseNet-121, ResNet-18/34/50 and U-Net, and a CIFAR-style ResNet-20.
+"""Victim networks: MONAI's DenseNet-121, ResNet-18/34/50 and U-Net, a CIFAR-style ResNet-20, and a VGG-16.
 
 Every classifier is a `Classifier`: normalisation inside the model, a backbone giving the final hidden
 representation (the features detectors such as MGM model), and a linear head. Segmenters are
@@ -19,7 +19,7 @@ from torch import nn
 from medsec.data.base import Task
 from medsec.errors import MedsecError
 
-CLASSIFIER_ARCHS = ("densenet121", "resnet18", "resnet34", "resnet50", "resnet20")
+CLASSIFIER_ARCHS = ("densenet121", "resnet18", "resnet34", "resnet50", "resnet20", "vgg16")
 SEGMENTER_ARCHS = ("unet",)
 ARCHS = CLASSIFIER_ARCHS + SEGMENTER_ARCHS
 
@@ -111,6 +111,32 @@ class ResNet20Backbone(nn.Module):
         return torch.flatten(nn.functional.adaptive_avg_pool2d(self.layers(self.stem(x)), 1), 1)
 
 
+class VGGBackbone(nn.Module):
+    """Simonyan & Zisserman's VGG-16 feature stack (5 stages of 2/2/3/3/3 3x3 convolutions, max-pooling
+    between stages), with batch norm and global average pooling instead of the fully connected layers.
+
+    A third architecture family for the transfer study (no skip connections, no dense connections).
+    `width` scales the channels (64/128/256/512/512) and `depth` the convolutions per stage.
+    """
+
+    def __init__(self, in_channels: int, width: float = 1.0, depth: float = 1.0) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        cin = in_channels
+        for i, (c, n) in enumerate(zip((64, 128, 256, 512, 512), _scale_blocks((2, 2, 3, 3, 3), depth), strict=True)):
+            cout = _scale_width(c, width)
+            for _ in range(n):
+                layers += [nn.Conv2d(cin, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+                cin = cout
+            if i < 4:
+                layers.append(nn.MaxPool2d(2, ceil_mode=True))
+        self.layers = nn.Sequential(*layers)
+        self.out_dim = cin
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(nn.functional.adaptive_avg_pool2d(self.layers(x), 1), 1)
+
+
 class _DenseNetBackbone(nn.Module):
     def __init__(self, net: DenseNet) -> None:
         super().__init__()
@@ -165,6 +191,9 @@ def build_model(
                       block_config=_scale_blocks((6, 12, 24, 16), depth))
         dim = int(dn.class_layers.out.in_features)  # type: ignore[union-attr,arg-type]
         backbone = _DenseNetBackbone(dn)
+    elif arch == "vgg16":
+        vgg = VGGBackbone(in_channels, width=width, depth=depth)
+        backbone, dim = vgg, vgg.out_dim
     elif arch == "resnet20":
         r20 = ResNet20Backbone(in_channels, width=width, blocks_per_stage=_scale_blocks([3], depth)[0])
         backbone, dim = r20, r20.out_dim
