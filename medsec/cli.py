@@ -28,6 +28,7 @@ err_console = Console(stderr=True)
 COMMAND_MODULES: list[str] = [
     "medsec.commands",
     "medsec.defences.cli",
+    "medsec.evaluation.audit_cli",
     "medsec.data.cli",
     "medsec.attacks.cli",
     "medsec.integrity.cli",

@@ -62,6 +62,67 @@ class VictimConfig(_Strict):
     data_options: dict[str, Any] = Field(default_factory=dict)  # real-data reader options (docs/datasets.md)
 
 
+class GMMDefenceConfig(_Strict):
+    """GMM (Li, Pan & Zhu 2021): SSAT fine-tuning of the victim, then per-class Gaussians."""
+
+    ssat_epochs: int = Field(5, ge=0)  # 0 = detector only
+    ssat_weight: float = Field(3.0, ge=0)  # weight of CE on the FGSM images (their code: 3)
+    ssat_eps: tuple[float, float] = (0.001, 0.003)  # FGSM eps ~ U(low, high) per batch (their code)
+    ssat_lr: float = Field(1e-4, gt=0)
+
+
+class EnsembleDefenceConfig(_Strict):
+    """Ensemble (Paul et al. 2020): members of one architecture, seeds seed, seed+1, ..."""
+
+    members: int = Field(3, ge=1)
+    arch: str | None = None  # None: the dataset's victim architecture (ResNet-20 for ct-slices)
+    adv_eps: float = Field(0.01, ge=0, le=1)  # FGSM eps of adversarial training ([0, 1] pixels)
+    adv_weight: float = Field(1.0, ge=0)
+
+
+class DenoiserDefenceConfig(_Strict):
+    """Embedded denoiser (Xue et al. 2019): Gaussian noise sigma ~ U(0, noise_std), L1 + CE."""
+
+    noise_std: float = Field(0.1, ge=0, le=1)
+    rec_weight: float = Field(1.0, ge=0)
+    ae_width: int = Field(16, ge=2)
+
+
+class RBFDefenceConfig(_Strict):
+    """RBF (Taghanaki et al. 2019): where the mapping layers sit in the ResNet ("stage" or "block")."""
+
+    per: str = Field("stage", pattern="^(stage|block)$")
+
+
+class DefencesConfig(_Strict):
+    """Defence settings (see docs/defences.md); detectors reject `fpr` of clean training data."""
+
+    fpr: float = Field(0.05, gt=0, lt=1)
+    mgm_reg: float = Field(1e-3, ge=0)  # lambda = mgm_reg * mean feature variance
+    ocsvm_nu: float = Field(0.1, gt=0, le=1)
+    iso_estimators: int = Field(100, ge=1)
+    gmm: GMMDefenceConfig = GMMDefenceConfig()
+    ensemble: EnsembleDefenceConfig = EnsembleDefenceConfig()
+    denoiser: DenoiserDefenceConfig = DenoiserDefenceConfig()
+    rbf: RBFDefenceConfig = RBFDefenceConfig()
+
+
+class ReproduceConfig(_Strict):
+    """Levy et al. Table 1/2 reproduction (``medsec reproduce``): how many test images are attacked and how
+    hard the attacks try. The eps of each row is the original authors' (fixed in code, stated in the report)."""
+
+    n_test: int = Field(128, gt=0)  # first n_test images of the test split, the same for every attack of a row
+    steps: int = Field(50, gt=0)  # iterations of each adaptive attack
+    restarts: int = Field(1, gt=0)  # random restarts of each adaptive attack (best per sample kept)
+    original_steps: int = Field(10, gt=0)  # iterations of iterative original attacks (PGD/BIM)
+    surrogates: int = Field(2, ge=1)  # limited-knowledge surrogate models (Denoiser row)
+    curve_multipliers: list[float] = Field(default_factory=lambda: [0.5, 2.0])  # extra eps (x row eps) for curves
+    n_curve: int = Field(32, gt=0)  # images per extra curve point
+    n_samples: int = Field(3, ge=1, le=8)  # images in each row's sample strip
+    rows: list[str] | None = None  # None: all eight Table-1 rows (ids as in medsec.evaluation.reproduce.ROWS)
+    defence_epochs: int | None = Field(None, gt=0)  # epochs for networks the defences train (None: train.epochs)
+
+
 class TransferConfig(_Strict):
     """The transferability study (Bortsova et al. 2021): surrogate -> target across architecture,
     initialisation and development data. Every eps is in [0, 1] pixel units (their [-1, 1] 0.02 = 0.01)."""
@@ -115,51 +176,6 @@ class SurveyConfig(_Strict):
     fc_eps: float = Field(0.1, gt=0, le=1)
 
 
-class GMMDefenceConfig(_Strict):
-    """GMM (Li, Pan & Zhu 2021): SSAT fine-tuning of the victim, then per-class Gaussians."""
-
-    ssat_epochs: int = Field(5, ge=0)  # 0 = detector only
-    ssat_weight: float = Field(3.0, ge=0)  # weight of CE on the FGSM images (their code: 3)
-    ssat_eps: tuple[float, float] = (0.001, 0.003)  # FGSM eps ~ U(low, high) per batch (their code)
-    ssat_lr: float = Field(1e-4, gt=0)
-
-
-class EnsembleDefenceConfig(_Strict):
-    """Ensemble (Paul et al. 2020): members of one architecture, seeds seed, seed+1, ..."""
-
-    members: int = Field(3, ge=1)
-    arch: str | None = None  # None: the dataset's victim architecture (ResNet-20 for ct-slices)
-    adv_eps: float = Field(0.01, ge=0, le=1)  # FGSM eps of adversarial training ([0, 1] pixels)
-    adv_weight: float = Field(1.0, ge=0)
-
-
-class DenoiserDefenceConfig(_Strict):
-    """Embedded denoiser (Xue et al. 2019): Gaussian noise sigma ~ U(0, noise_std), L1 + CE."""
-
-    noise_std: float = Field(0.1, ge=0, le=1)
-    rec_weight: float = Field(1.0, ge=0)
-    ae_width: int = Field(16, ge=2)
-
-
-class RBFDefenceConfig(_Strict):
-    """RBF (Taghanaki et al. 2019): where the mapping layers sit in the ResNet ("stage" or "block")."""
-
-    per: str = Field("stage", pattern="^(stage|block)$")
-
-
-class DefencesConfig(_Strict):
-    """Defence settings (see docs/defences.md); detectors reject `fpr` of clean training data."""
-
-    fpr: float = Field(0.05, gt=0, lt=1)
-    mgm_reg: float = Field(1e-3, ge=0)  # lambda = mgm_reg * mean feature variance
-    ocsvm_nu: float = Field(0.1, gt=0, le=1)
-    iso_estimators: int = Field(100, ge=1)
-    gmm: GMMDefenceConfig = GMMDefenceConfig()
-    ensemble: EnsembleDefenceConfig = EnsembleDefenceConfig()
-    denoiser: DenoiserDefenceConfig = DenoiserDefenceConfig()
-    rbf: RBFDefenceConfig = RBFDefenceConfig()
-
-
 class ExperimentConfig(_Strict):
     """One experiment: seeds, data, models, training, and the victims per dataset."""
 
@@ -171,9 +187,10 @@ class ExperimentConfig(_Strict):
     train: TrainConfig = TrainConfig()
     model: ModelConfig = ModelConfig()
     victims: dict[str, VictimConfig] = Field(default_factory=dict)
+    defences: DefencesConfig = DefencesConfig()
+    reproduce: ReproduceConfig = ReproduceConfig()
     transfer: TransferConfig = TransferConfig()
     survey: SurveyConfig = SurveyConfig()
-    defences: DefencesConfig = DefencesConfig()
 
     def digest(self, *parts: str) -> str:
         """A short hash of the named sections (e.g. "data", "train", "model") for cache keys."""

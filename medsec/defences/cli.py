@@ -25,9 +25,18 @@ def _li_zhu(cfg: ExperimentConfig, out: Path, n_images: int | None = None) -> Pa
     return run_li_zhu(cfg, out, n_images or MAX_IMAGES)
 
 
+def _levy(cfg: ExperimentConfig, out: Path, n_images: int | None = None) -> Path:
+    from medsec.evaluation.reproduce import run_levy
+
+    if n_images is not None:
+        cfg = cfg.model_copy(update={"reproduce": cfg.reproduce.model_copy(update={"n_test": n_images})})
+    return run_levy(cfg, out)
+
+
 # name -> runner(cfg, out_dir, n_images) -> out_dir (n_images None = the paper's / profile's number)
-REPRODUCERS: dict[str, Callable[[ExperimentConfig, Path, int | None], Path]] = {"li-zhu-2020": _li_zhu}
-DEFAULT_PAPER = "li-zhu-2020"
+REPRODUCERS: dict[str, Callable[[ExperimentConfig, Path, int | None], Path]] = {
+    "levy-2022": _levy, "li-zhu-2020": _li_zhu}
+DEFAULT_PAPER = "levy-2022"
 OUTPUT_NAMES = {"li-zhu-2020": "li_zhu_2020.json"}
 
 

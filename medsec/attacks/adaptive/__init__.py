@@ -1,0 +1,43 @@
+"""Adaptive (defence-aware) attacks: Levy et al.'s five strategies as pieces, and one recipe per defence.
+
+See docs/adaptive.md. ``recipe_for(defence, eps)(defence, x, y) -> x_adv``.
+"""
+
+from medsec.attacks.adaptive.recipes import (
+    DenoiserRecipe,
+    DetectorRecipe,
+    EnsembleRecipe,
+    GMMRecipe,
+    MGMRecipe,
+    RBFRecipe,
+    Recipe,
+    recipe_for,
+    task_of,
+)
+from medsec.attacks.adaptive.strategies import (
+    BPDA,
+    BestOf,
+    Composed,
+    SurrogateTransfer,
+    bpda,
+    class_mean_term,
+    detector_term,
+    exposed,
+    feature_distance_term,
+    gaussian_scale,
+    is_detector,
+    patient_attacks,
+    quality,
+    ramp,
+    rejected,
+    sign_average,
+    system_success,
+    targeted_system_success,
+)
+
+__all__ = [
+    "BPDA", "BestOf", "Composed", "DenoiserRecipe", "DetectorRecipe", "EnsembleRecipe", "GMMRecipe", "MGMRecipe",
+    "RBFRecipe", "Recipe", "SurrogateTransfer", "bpda", "class_mean_term", "detector_term", "exposed",
+    "feature_distance_term", "gaussian_scale", "is_detector", "patient_attacks", "quality", "ramp", "recipe_for",
+    "rejected", "sign_average", "system_success", "targeted_system_success", "task_of",
+]

@@ -1,0 +1,350 @@
+"""One adaptive attack per defence of Levy et al. (2022), each built from the strategies' pieces.
+
+Every recipe is called like an attack on the DEFENCE: ``recipe(defence, x, y) -> x_adv`` and
+``recipe.run(defence, x, y) -> AttackResult``; it reads only what the defence exposes (``exposed()``), and
+judges success on the defended system (accepted by the detector and misclassified). Detector thresholds
+are never touched. :func:`recipe_for` picks the recipe from the exposed parts, not from class names.
+
+- :class:`MGMRecipe` (4.1): classification loss + lambda * ||f(x) - mu||^2 (eq. 2), APGD + PGD, best kept.
+- :class:`GMMRecipe` (4.2): two stages — leave the true class for the nearest fooling class, then make the
+  classifier and that class's Gaussian accept the sample (L2 stand-in to the class mean).
+- :class:`EnsembleRecipe` (4.3): eq. 3, eps * mean_i sign(grad L_i), then iterated with restarts.
+- :class:`DenoiserRecipe` (4.4): limited knowledge: surrogate ensemble of the defence's architecture,
+  eq. 3 iterated, the most effective samples kept, evaluated on the victim.
+- :class:`RBFRecipe` (4.5): patience and diversity: many small steps, several attacks, best per sample.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from medsec.attacks.adaptive.strategies import (
+    BestOf,
+    SurrogateTransfer,
+    class_mean_term,
+    detector_term,
+    exposed,
+    feature_distance_term,
+    gaussian_scale,
+    is_detector,
+    patient_attacks,
+    quality,
+    ramp,
+    sign_average,
+    system_success,
+    targeted_system_success,
+)
+from medsec.attacks.apgd import APGD
+from medsec.attacks.core import Attack, AttackResult, check_eps, check_images, check_positive_int
+from medsec.attacks.engine import PGD
+from medsec.attacks.losses import ExtraTerm, Loss, Margin, Weighted
+from medsec.errors import MedsecError
+
+
+def task_of(model: nn.Module, x: Tensor, y: Tensor) -> str:
+    """classification | multilabel | segmentation, from the model's output shape and the labels."""
+    with torch.no_grad():
+        out = model(x[:1])
+    if out.ndim == 4:
+        return "segmentation"
+    return "multilabel" if y.ndim == 2 else "classification"
+
+
+class Recipe:
+    """Base of the per-defence adaptive attacks: eps in [0, 1] pixel units (L_inf), steps, restarts, seed."""
+
+    name = "recipe"
+    strategies: tuple[str, ...] = ()
+
+    def __init__(self, eps: float, steps: int = 100, restarts: int = 2, seed: int | None = 0) -> None:
+        e = check_eps(eps)
+        assert e is not None
+        if e > 1:
+            raise MedsecError(f"eps must lie in [0, 1] (pixel units), got {eps}")
+        self.eps = e
+        self.steps = check_positive_int(steps, "steps")
+        self.restarts = check_positive_int(restarts, "restarts")
+        self.seed = seed
+
+    def __call__(self, defence: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        """The adversarial images (inside the eps ball, in [0, 1])."""
+        return self.run(defence, x, y).x_adv
+
+    def run(self, defence: nn.Module, x: Tensor, y: Tensor) -> AttackResult:
+        """Attack the defended system; success = the defended system is fooled (and the detector evaded)."""
+        x = check_images(x)
+        return self._run(defence, x, y.to(x.device))
+
+    def _run(self, defence: nn.Module, x: Tensor, y: Tensor) -> AttackResult:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """One line for reports: the recipe, its budget and the strategies it uses."""
+        return (f"{self.name}: eps={self.eps:g} (L_inf, [0,1] pixels), {self.steps} steps, {self.restarts} "
+                f"restarts; strategies: {', '.join(self.strategies)}")
+
+
+def _need(ex: dict[str, Any], key: str, defence: Any, recipe: str) -> Any:
+    if key not in ex or ex[key] is None:
+        raise MedsecError(f"the {recipe} recipe needs the defence to expose {key!r}; "
+                          f"{type(defence).__name__} exposes {', '.join(ex) or 'nothing'}")
+    return ex[key]
+
+
+def _finish(res: AttackResult, defence: nn.Module, y: Tensor, task: str, finding: Tensor | None = None) -> AttackResult:
+    q = quality(defence, res.x_adv, y, task, finding)
+    info = dict(res.info)
+    info["quality"] = q
+    return AttackResult(res.x_adv, q < 1.0, info)
+
+
+class MGMRecipe(Recipe):
+    """Levy et al. 4.1: evade the MGM detector and fool the classifier at once.
+
+    Loss = margin (capped at kappa, so a misclassified sample stops being pushed further) + lambda(t) *
+    (-||f(x) - mu||^2 / tr(Sigma)), the stable stand-in for the log-likelihood (eq. 2); lambda ramps from
+    lam_start to lam over the first half of the steps. Optimised by APGD and by PGD with restarts; the best
+    sample per image (accepted and wrong first) is kept. With exact=True a third attack adds the detector's own
+    score instead of the stand-in (strategy 1 unsimplified), in case the stand-in misses low-variance
+    directions of Sigma. For multi-label victims the top clean finding is attacked (Li & Zhu)."""
+
+    name = "mgm-adaptive"
+    strategies = ("expand loss", "simplify loss (L2 to the mean)", "incremental (APGD)", "restarts")
+
+    def __init__(self, eps: float, steps: int = 100, restarts: int = 2, lam: float = 1.0, lam_start: float = 0.1,
+                 kappa: float = 2.0, exact: bool = True, seed: int | None = 0) -> None:
+        super().__init__(eps, steps, restarts, seed)
+        self.lam, self.lam_start, self.kappa = float(lam), float(lam_start), float(kappa)
+        self.exact = bool(exact)
+
+    def _run(self, defence: nn.Module, x: Tensor, y: Tensor) -> AttackResult:
+        ex = exposed(defence)
+        clf = _need(ex, "classifier", defence, "MGM")
+        mean = _need(ex, "mean", defence, "MGM")
+        scale = gaussian_scale(ex.get("cholesky"))
+        task = task_of(defence, x, y)
+        sched = ramp(self.lam_start, self.lam)
+        loss: Loss = Margin(self.kappa) + Weighted(feature_distance_term(mean, scale), sched)
+        succ = system_success(defence) if task == "classification" else None
+        kw: dict[str, Any] = {"grad_model": clf, "success": succ, "seed": self.seed}
+        attacks: list[tuple[str, Attack]] = [
+            ("apgd-margin+l2mean", APGD(eps=self.eps, steps=self.steps, restarts=self.restarts, loss=loss, **kw)),
+            ("pgd-margin+l2mean", PGD(eps=self.eps, steps=self.steps, restarts=self.restarts,
+                                     alpha=2.5 * self.eps / self.steps, loss=loss, **kw)),
+        ]
+        if self.exact and callable(getattr(defence, "score", None)):
+            # strategy 1 without the simplification: the detector's own score, scaled by its clean spread
+            exact: Loss = Margin(self.kappa) + Weighted(detector_term(defence, _score_scale(defence, x)), sched)
+            attacks.append(("apgd-margin+score", APGD(eps=self.eps, steps=self.steps, restarts=self.restarts,
+                                                      loss=exact, success=succ, seed=self.seed)))
+        finding = _top_finding(defence, x) if task == "multilabel" else None
+        res = BestOf(attacks, objective=lambda xa, yy: quality(defence, xa, y, task, finding)).run(defence, x, y)
+        return _finish(res, defence, y, task, finding)
+
+
+def _score_scale(defence: Any, x: Tensor) -> float:
+    """The spread (std) of the detector's scores on the clean inputs: the unit of the exact score term."""
+    with torch.no_grad():
+        s = torch.cat([defence.score(x[i:i + 128]).float().reshape(-1) for i in range(0, x.shape[0], 128)])
+    return float(s.std().clamp_min(1e-6)) if s.numel() > 1 else 1.0
+
+
+def _top_finding(model: nn.Module, x: Tensor) -> Tensor:
+    with torch.no_grad():
+        return torch.cat([model(x[i:i + 128]).float() for i in range(0, x.shape[0], 128)]).argmax(1)
+
+
+class GMMRecipe(Recipe):
+    """Levy et al. 4.2: two stages against per-class Gaussians on top of an adversarially trained classifier.
+
+    Stage 1 (stage1_steps of untargeted margin PGD on the classifier) finds the nearest fooling class t per
+    image (the highest non-true logit at the stage-1 point). Stage 2 is a targeted attack towards t whose loss
+    is the targeted margin (capped at kappa) plus lambda(t) * (-||f(x) - mu_t||^2 / tr(Sigma_t)), the L2
+    stand-in for class t's Gaussian, with APGD and PGD + restarts; with exact=True a third attack uses the
+    exposed ``class_score(x, t)`` (the detector's own score for class t) instead of the stand-in. The best
+    sample per image is kept."""
+
+    name = "gmm-adaptive"
+    strategies = ("two-stage targeting", "expand loss", "simplify loss (L2 to the class mean)",
+                  "incremental (APGD)", "restarts")
+
+    def __init__(self, eps: float, steps: int = 100, restarts: int = 2, stage1_steps: int = 20, lam: float = 1.0,
+                 lam_start: float = 0.1, kappa: float = 2.0, exact: bool = True, seed: int | None = 0) -> None:
+        super().__init__(eps, steps, restarts, seed)
+        self.stage1_steps = check_positive_int(stage1_steps, "stage1_steps")
+        self.lam, self.lam_start, self.kappa = float(lam), float(lam_start), float(kappa)
+        self.exact = bool(exact)
+
+    def _run(self, defence: nn.Module, x: Tensor, y: Tensor) -> AttackResult:
+        ex = exposed(defence)
+        clf = _need(ex, "classifier", defence, "GMM")
+        gaussians = list(_need(ex, "gaussians", defence, "GMM"))
+        if y.ndim != 1:
+            raise MedsecError("the GMM recipe needs class labels (N,)")
+        means = torch.stack([g.mean.float() for g in gaussians])
+        scales = torch.tensor([gaussian_scale(getattr(g, "cholesky", None)) for g in gaussians])
+        # stage 1: nearest fooling class
+        s1 = PGD(eps=self.eps, steps=self.stage1_steps, loss="margin", seed=self.seed)
+        x1 = s1.run(clf, x, y).x_adv
+        with torch.no_grad():
+            z1 = torch.cat([clf(x1[i:i + 128]).float() for i in range(0, x.shape[0], 128)])
+        z1 = z1.masked_fill(torch.nn.functional.one_hot(y, z1.shape[1]).bool(), -math.inf)
+        target = z1.argmax(1)
+        # stage 2: convince classifier and class-t Gaussian
+        loss: Loss = Margin(self.kappa) + Weighted(class_mean_term(means, scales), ramp(self.lam_start, self.lam))
+        kw: dict[str, Any] = {"loss": loss, "grad_model": clf, "targeted": True,
+                              "success": targeted_system_success(defence), "seed": self.seed}
+        attacks: list[tuple[str, Attack]] = [
+            ("apgd-targeted+l2classmean", APGD(eps=self.eps, steps=self.steps, restarts=self.restarts, **kw)),
+            ("pgd-targeted+l2classmean", PGD(eps=self.eps, steps=self.steps, restarts=self.restarts,
+                                            alpha=2.5 * self.eps / self.steps, **kw)),
+        ]
+        class_score = ex.get("class_score")
+        if self.exact and callable(class_score):
+            # strategy 1 unsimplified: the detector's own score for the target class, in units of its clean spread
+            with torch.no_grad():
+                spread = float(torch.cat([defence.score(x[i:i + 128]).float().reshape(-1)  # type: ignore[operator]
+                                          for i in range(0, x.shape[0], 128)]).std().clamp_min(1e-6))
+
+            def exact_fn(out: Tensor, feats: Tensor | None, xa: Tensor, t: Tensor) -> Tensor:
+                return -class_score(xa, t).reshape(-1).float() / spread
+
+            exact: Loss = Margin(self.kappa) + Weighted(ExtraTerm(exact_fn, needs_features=False, name="class-score"),
+                                                        ramp(self.lam_start, self.lam))
+            attacks.append(("apgd-targeted+class-score", APGD(
+                eps=self.eps, steps=self.steps, restarts=self.restarts, loss=exact, targeted=True,
+                success=targeted_system_success(defence), seed=self.seed)))
+        res = BestOf(attacks, objective=lambda xa, _t: quality(defence, xa, y, "classification")).run(defence, x, target)
+        out = _finish(res, defence, y, "classification")
+        out.info["target"] = target
+        return out
+
+
+class EnsembleRecipe(Recipe):
+    """Levy et al. 4.3: eq. 3 (one step, eps * mean of the members' gradient signs), then the same update
+    iterated with restarts (strategies 3 and 4) for the images the single step did not break."""
+
+    name = "ensemble-adaptive"
+    strategies = ("wisdom of the crowd (eq. 3)", "incremental", "restarts")
+
+    def __init__(self, eps: float, steps: int = 20, restarts: int = 2, seed: int | None = 0) -> None:
+        super().__init__(eps, steps, restarts, seed)
+
+    def _run(self, defence: nn.Module, x: Tensor, y: Tensor) -> AttackResult:
+        ex = exposed(defence)
+        members = list(_need(ex, "members", defence, "Ensemble"))
+        task = task_of(defence, x, y)
+        attacks: list[tuple[str, Attack]] = [
+            ("eq3-fgsm-sign-average", sign_average(members, self.eps, steps=1, seed=self.seed)),
+            ("eq3-iterated", sign_average(members, self.eps, steps=self.steps, restarts=self.restarts,
+                                          seed=self.seed)),
+        ]
+        res = BestOf(attacks, task=task).run(defence, x, y)
+        return _finish(res, defence, y, task)
+
+
+SurrogateFactory = Callable[[int], nn.Module]
+
+
+class DenoiserRecipe(Recipe):
+    """Levy et al. 4.4 (limited knowledge): a small ensemble of surrogates with the defence's architecture
+    (trained by the caller on the attacker's own data, e.g. with other seeds), eq. 3 iterated with restarts on
+    them, the most effective samples (judged on the surrogates) kept, then evaluated on the victim."""
+
+    name = "denoiser-adaptive"
+    strategies = ("wisdom of the crowd (surrogate ensemble)", "incremental", "restarts",
+                  "keep the most effective samples")
+
+    def __init__(self, eps: float, surrogates: Sequence[nn.Module] | None = None,
+                 surrogate_factory: SurrogateFactory | None = None, n_surrogates: int = 3, steps: int = 20,
+                 restarts: int = 3, seed: int | None = 0) -> None:
+        super().__init__(eps, steps, restarts, seed)
+        if not surrogates and surrogate_factory is None:
+            raise MedsecError("the Denoiser recipe needs surrogate models or a surrogate_factory(seed) (limited "
+                              "knowledge: the attacker trains its own copies of the architecture)")
+        self.surrogates = list(surrogates or [])
+        self.factory = surrogate_factory
+        self.n_surrogates = check_positive_int(n_surrogates, "n_surrogates")
+
+    def _models(self) -> list[nn.Module]:
+        if not self.surrogates:
+            assert self.factory is not None
+            self.surrogates = [self.factory(1000 + i).eval() for i in range(self.n_surrogates)]
+        return self.surrogates
+
+    def _run(self, defence: nn.Module, x: Tensor, y: Tensor) -> AttackResult:
+        task = task_of(defence, x, y)
+        atk = SurrogateTransfer(self._models(), self.eps, steps=self.steps, restarts=self.restarts, seed=self.seed)
+        return _finish(atk.run(defence, x, y), defence, y, task)
+
+
+class RBFRecipe(Recipe):
+    """Levy et al. 4.5: patience and diversity — APGD (CE, and DLR with >= 3 classes; Dice for
+    segmentation), PGD with many small steps and restarts, momentum; the best sample per image is kept."""
+
+    name = "rbf-adaptive"
+    strategies = ("incremental (many small steps, APGD)", "diversity (several attacks)", "restarts")
+
+    def _run(self, defence: nn.Module, x: Tensor, y: Tensor) -> AttackResult:
+        task = task_of(defence, x, y)
+        with torch.no_grad():
+            k = int(defence(x[:1]).shape[1])
+        attacks = patient_attacks(self.eps, task, steps=self.steps, restarts=self.restarts, num_classes=k,
+                                  seed=self.seed)
+        res = BestOf(attacks, task=task).run(defence, x, y)
+        return _finish(res, defence, y, task)
+
+
+class DetectorRecipe(Recipe):
+    """Generic expanded-loss attack on any detector with a differentiable score: margin (capped) + lambda(t)
+    * (-score(x) / scale), scale = the spread of the clean scores; APGD and PGD with restarts, best kept."""
+
+    name = "detector-adaptive"
+    strategies = ("expand loss (detector score)", "incremental (APGD)", "restarts")
+
+    def __init__(self, eps: float, steps: int = 100, restarts: int = 2, lam: float = 1.0, kappa: float = 2.0,
+                 seed: int | None = 0) -> None:
+        super().__init__(eps, steps, restarts, seed)
+        self.lam, self.kappa = float(lam), float(kappa)
+
+    def _run(self, defence: nn.Module, x: Tensor, y: Tensor) -> AttackResult:
+        task = task_of(defence, x, y)
+        score: Callable[[Tensor], Tensor] = defence.score  # type: ignore[assignment]
+        with torch.no_grad():
+            s = score(x).float()
+        scale = float(s.std().clamp_min(1e-6)) if s.numel() > 1 else 1.0
+        loss: Loss = Margin(self.kappa) + Weighted(detector_term(defence, scale), ramp(0.1 * self.lam, self.lam))
+        succ = system_success(defence) if task == "classification" else None
+        kw: dict[str, Any] = {"loss": loss, "success": succ, "seed": self.seed}
+        attacks: list[tuple[str, Attack]] = [
+            ("apgd-margin+score", APGD(eps=self.eps, steps=self.steps, restarts=self.restarts, **kw)),
+            ("pgd-margin+score", PGD(eps=self.eps, steps=self.steps, restarts=self.restarts, **kw)),
+        ]
+        res = BestOf(attacks, task=task).run(defence, x, y)
+        return _finish(res, defence, y, task)
+
+
+def recipe_for(defence: nn.Module, eps: float, **options: Any) -> Recipe:
+    """The adaptive recipe for a defence, chosen from what it exposes: per-class ``gaussians`` -> GMM;
+    ``mean`` of a feature Gaussian -> MGM; ``members`` -> Ensemble; ``denoiser`` -> Denoiser (limited
+    knowledge: pass surrogates= or surrogate_factory=); ``rbf_layers`` -> RBF; any other detector with a
+    score -> the generic expanded-loss attack; anything else -> patience and diversity."""
+    ex = exposed(defence)
+    if "gaussians" in ex:
+        return GMMRecipe(eps, **options)
+    if "mean" in ex and "classifier" in ex:
+        return MGMRecipe(eps, **options)
+    if "members" in ex:
+        return EnsembleRecipe(eps, **options)
+    if "denoiser" in ex:
+        return DenoiserRecipe(eps, **options)
+    if "rbf_layers" in ex:
+        return RBFRecipe(eps, **options)
+    if is_detector(defence) and callable(getattr(defence, "score", None)):
+        return DetectorRecipe(eps, **options)
+    return RBFRecipe(eps, **options)

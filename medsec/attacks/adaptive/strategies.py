@@ -1,0 +1,408 @@
+"""Levy et al.'s five adaptive strategies as reusable pieces (Levy et al. 2022, section 4).
+
+1. Expand the loss: add what the defence exposes (its differentiable detector score, per-member losses,
+   features) to the attack loss under a weight schedule -> :func:`detector_term`, :func:`ramp`.
+2. Simplify the loss: replace an unstable or non-differentiable part by a stand-in -> the L2 distance to a
+   Gaussian's mean (:func:`feature_distance_term`, :func:`class_mean_term`, Levy eq. 2) and BPDA
+   (:class:`BPDA`, :func:`bpda`) for non-differentiable steps.
+3. Compute the perturbation incrementally: many small steps and APGD's step-size schedule
+   -> :func:`patient_attacks`.
+4. When you fail, try again: random restarts with the per-sample best kept -> :class:`BestOf`.
+5. Wisdom of the crowd: per-member sign averaging (eq. 3) and surrogate ensembles for limited knowledge
+   -> :func:`sign_average`, :class:`SurrogateTransfer`.
+
+Everything reads the defence through the protocol of ``medsec.defences.base`` (``predict``, ``score``,
+``detect``, ``exposed()``); nothing here tests a defence's class name, and no detector threshold is ever
+changed: the attacks only call ``detect`` to judge success against the threshold fixed at fit time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from medsec.attacks.apgd import APGD
+from medsec.attacks.core import (
+    Attack,
+    AttackResult,
+    SuccessFn,
+    check_eps,
+    check_images,
+    dice_per_sample,
+    seg_prediction,
+)
+from medsec.attacks.engine import MIM, PGD, GradientAttack, mean_of_signs
+from medsec.attacks.losses import ExtraTerm, Loss, Schedule
+from medsec.errors import MedsecError
+
+Objective = Callable[[Tensor, Tensor], Tensor]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Reading the defence through its protocol
+# ----------------------------------------------------------------------------------------------------------
+
+def exposed(defence: Any) -> dict[str, Any]:
+    """What the defence exposes to adaptive attacks (``defence.exposed()``), or {} when it exposes nothing."""
+    fn = getattr(defence, "exposed", None)
+    if not callable(fn):
+        return {}
+    try:
+        got = fn()
+    except Exception as e:  # a user defence whose exposed() fails is still attackable as a black box
+        raise MedsecError(f"{type(defence).__name__}.exposed() failed: {e}") from e
+    if not isinstance(got, dict):
+        raise MedsecError(f"{type(defence).__name__}.exposed() must return a dict, got {type(got).__name__}")
+    return got
+
+
+def is_detector(defence: Any) -> bool:
+    """True when the defence rejects inputs (it has ``detect(x)``)."""
+    return bool(getattr(defence, "is_detector", False)) and callable(getattr(defence, "detect", None))
+
+
+@torch.no_grad()
+def rejected(defence: Any, x: Tensor, batch_size: int = 256) -> Tensor:
+    """(N,) bool: inputs the defence's detector rejects (all False for a defence without a detector)."""
+    if not is_detector(defence):
+        return torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    out = [defence.detect(x[i:i + batch_size]).bool().reshape(-1) for i in range(0, x.shape[0], batch_size)]
+    return torch.cat(out).to(x.device)
+
+
+def correct_predictions(outputs: Tensor, y: Tensor, task: str, finding: Tensor | None = None,
+             dice_threshold: float = 0.5) -> Tensor:
+    """(N,) bool: the prediction is right. Multi-label: the decision on `finding` (per image) matches y.
+    Segmentation: per-image Dice > dice_threshold."""
+    if task == "classification":
+        return outputs.argmax(1) == y
+    if task == "multilabel":
+        if finding is None:
+            finding = outputs.argmax(1)
+        rows = torch.arange(outputs.shape[0], device=outputs.device)
+        return (outputs[rows, finding] > 0) == (y[rows, finding] > 0.5)
+    d = dice_per_sample(seg_prediction(outputs), y, outputs.shape[1])
+    return d > dice_threshold
+
+
+def system_success(defence: Any, task: str = "classification") -> SuccessFn:
+    """Attack success against a defended system: the input is ACCEPTED by the detector (if any) and
+    misclassified. Usable as an attack's ``success=`` (classification; y may be targets when targeted:
+    then success is 'predicted as the target and accepted')."""
+    if task != "classification":
+        raise MedsecError("system_success is defined for class labels; other tasks use the attack's own goal")
+
+    def fn(outputs: Tensor, x_adv: Tensor, y: Tensor) -> Tensor:
+        return (outputs.argmax(1) != y) & ~rejected(defence, x_adv)
+
+    return fn
+
+
+def targeted_system_success(defence: Any) -> SuccessFn:
+    """Targeted version of :func:`system_success`: predicted as the target (y = targets) and accepted."""
+
+    def fn(outputs: Tensor, x_adv: Tensor, y: Tensor) -> Tensor:
+        return (outputs.argmax(1) == y) & ~rejected(defence, x_adv)
+
+    return fn
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 1. Expand the loss   2. Simplify it
+# ----------------------------------------------------------------------------------------------------------
+
+def ramp(start: float, end: float, warmup: float = 0.5) -> Schedule:
+    """Weight schedule: linear from `start` to `end` over the first `warmup` fraction of the steps, then
+    constant. Starting low lets the classification term move the sample first (Levy et al. do not publish
+    their weights; this is our choice)."""
+
+    def w(step: int, steps: int) -> float:
+        frac = min(1.0, step / max(1.0, warmup * steps))
+        return start + (end - start) * frac
+
+    return w
+
+
+def detector_term(defence: Any, scale: float = 1.0) -> Loss:
+    """Strategy 1: the detector's own differentiable score, descended (the attacker wants a low suspicion
+    score): ``-score(x_adv) / scale``. Needs a differentiable ``defence.score``."""
+    score = getattr(defence, "score", None)
+    if not callable(score):
+        raise MedsecError(f"{type(defence).__name__} exposes no score(x) to add to the loss")
+    s = float(scale)
+
+    def fn(out: Tensor, feats: Tensor | None, x: Tensor, y: Tensor) -> Tensor:
+        return -score(x).reshape(-1).float() / s
+
+    return ExtraTerm(fn, needs_features=False, name="detector-score")
+
+
+def feature_distance_term(mean: Tensor, scale: float | None = None) -> Loss:
+    """Strategy 2 (Levy et al. eq. 2): the stand-in for a Gaussian detector's log-likelihood, the squared L2
+    distance of the features to the Gaussian's centre, descended: ``-||f(x) - mu||^2 / scale``.
+    scale (default: 1) keeps the term comparable to the classification loss; pass tr(Sigma)."""
+    mu = mean.detach().float().reshape(1, -1)
+    s = 1.0 if scale is None else float(scale)
+    if not (s > 0 and math.isfinite(s)):
+        raise MedsecError(f"feature distance scale must be a positive number, got {scale!r}")
+
+    def fn(out: Tensor, feats: Tensor | None, x: Tensor, y: Tensor) -> Tensor:
+        assert feats is not None
+        return -((feats - mu.to(feats.device)) ** 2).sum(1) / s
+
+    return ExtraTerm(fn, needs_features=True, name="l2-to-mean")
+
+
+def class_mean_term(means: Tensor, scales: Tensor) -> Loss:
+    """Strategy 2 for per-class Gaussians (GMM): ``-||f(x) - mu_t||^2 / scale_t`` with t = the attack's
+    target (y holds the targets in a targeted attack)."""
+    mus = means.detach().float()
+    sc = scales.detach().float().clamp_min(1e-12)
+
+    def fn(out: Tensor, feats: Tensor | None, x: Tensor, y: Tensor) -> Tensor:
+        assert feats is not None
+        m, s = mus.to(feats.device)[y], sc.to(feats.device)[y]
+        return -((feats - m) ** 2).sum(1) / s
+
+    return ExtraTerm(fn, needs_features=True, name="l2-to-class-mean")
+
+
+def gaussian_scale(cholesky: Tensor | None, fallback: Tensor | None = None) -> float:
+    """tr(Sigma) = ||L||_F^2, the expected squared distance of clean features to the mean; the natural
+    unit of eq. 2's term. Falls back to the mean squared distance of `fallback` (N, D) features."""
+    if cholesky is not None and cholesky.numel() > 0:
+        return float((cholesky.double() ** 2).sum())
+    if fallback is not None:
+        return float(((fallback - fallback.mean(0)) ** 2).sum(1).mean().clamp_min(1e-12))
+    return 1.0
+
+
+class _StraightThrough(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, fx: Tensor, gx: Tensor) -> Tensor:  # type: ignore[override]
+        return fx
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[None, None, Tensor]:  # type: ignore[override]
+        return None, None, grad
+
+
+class BPDA(nn.Module):
+    """Backward Pass Differentiable Approximation (Athalye et al. 2018): the forward pass runs `fn`
+    exactly, the backward pass differentiates `approx` instead (default: the identity). Wrap a
+    non-differentiable preprocessing step or a whole defence whose gradients are masked."""
+
+    def __init__(self, fn: Callable[[Tensor], Tensor], approx: Callable[[Tensor], Tensor] | None = None) -> None:
+        super().__init__()
+        self.fn = fn
+        self.approx = approx
+
+    def forward(self, x: Tensor) -> Tensor:
+        with torch.no_grad():
+            fx = self.fn(x)
+        if self.approx is None:
+            if fx.shape != x.shape:
+                raise MedsecError("BPDA with the identity needs fn to keep the input's shape; pass approx=")
+            return x + (fx - x).detach()
+        gx = self.approx(x)
+        return gx + (fx - gx).detach()
+
+
+def bpda(fn: Callable[[Tensor], Tensor], approx: Callable[[Tensor], Tensor] | None = None) -> BPDA:
+    """Shorthand for :class:`BPDA`."""
+    return BPDA(fn, approx)
+
+
+class Composed(nn.Module):
+    """`model(pre(x))`: a classifier behind a (possibly BPDA-wrapped) preprocessing step."""
+
+    def __init__(self, pre: nn.Module, model: nn.Module) -> None:
+        super().__init__()
+        self.pre = pre
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(self.pre(x))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 3. Incremental   4. Try again   5. Wisdom of the crowd
+# ----------------------------------------------------------------------------------------------------------
+
+def patient_attacks(eps: float, task: str, steps: int = 100, restarts: int = 2, num_classes: int | None = None,
+                    **kw: Any) -> list[tuple[str, Attack]]:
+    """Strategy 3 (and diversity): APGD with its step-size schedule, plus PGD with many small steps and
+    restarts, plus momentum, with the losses that suit the task. Returns (name, attack) pairs."""
+    e = check_eps(eps)
+    assert e is not None
+    out: list[tuple[str, Attack]] = []
+    if task == "segmentation":
+        out.append(("apgd-dice", APGD(eps=e, steps=steps, loss="dice", restarts=restarts, **kw)))
+        out.append(("apgd-ce", APGD(eps=e, steps=steps, loss="ce", restarts=restarts, **kw)))
+        out.append(("pgd-dicece-small-steps", PGD(eps=e, alpha=e / max(8, steps // 4), steps=steps,
+                                                   loss="dicece", restarts=restarts, **kw)))
+        return out
+    out.append(("apgd-ce", APGD(eps=e, steps=steps, loss="ce", restarts=restarts, **kw)))
+    if task == "classification" and (num_classes is None or num_classes >= 3):
+        out.append(("apgd-dlr", APGD(eps=e, steps=steps, loss="dlr", restarts=restarts, **kw)))
+    out.append(("pgd-margin-small-steps", PGD(eps=e, alpha=e / max(8, steps // 4), steps=steps, loss="margin",
+                                              restarts=restarts, **kw)))
+    out.append(("mim", MIM(eps=e, steps=steps, loss="ce", **kw)))
+    return out
+
+
+def sign_average(members: Sequence[nn.Module], eps: float, steps: int = 1, alpha: float | None = None,
+                 restarts: int = 1, **kw: Any) -> GradientAttack:
+    """Strategy 5, Levy et al. eq. 3: x_adv = x + eps * mean_i sign(grad_x L_i(x, y)) over the members
+    (steps=1). With steps > 1 it iterates the same update with step alpha (default eps/steps * 2.5)."""
+    if not members:
+        raise MedsecError("sign_average needs at least one member network")
+    e = check_eps(eps)
+    assert e is not None
+    if steps == 1:
+        kw.setdefault("random_start", False)
+        a = e if alpha is None else alpha
+    else:
+        a = 2.5 * e / steps if alpha is None else alpha
+    return GradientAttack(eps=e, alpha=a, steps=steps, restarts=restarts, direction="raw",
+                          grad_transform=mean_of_signs, grad_model=list(members), **kw)
+
+
+def quality(defence: Any, x_adv: Tensor, y: Tensor, task: str, finding: Tensor | None = None,
+            batch_size: int = 128) -> Tensor:
+    """(N,) how well the defended system still does on each input (LOWER = better for the attacker):
+    'handled' (rejected, or still correct) as 0/1 plus a tie-break in (0, 1) by the true-class margin
+    (classification) or the Dice itself (segmentation). Used to keep the best sample per image."""
+    outs = []
+    with torch.no_grad():
+        for i in range(0, x_adv.shape[0], batch_size):
+            outs.append(defence(x_adv[i:i + batch_size]).float())
+    z = torch.cat(outs)
+    rej = rejected(defence, x_adv).float()
+    if task == "segmentation":
+        d = dice_per_sample(seg_prediction(z), y, z.shape[1])
+        return torch.maximum(rej, d)
+    ok = correct_predictions(z, y, task, finding).float()
+    if task == "classification":
+        zy = z.gather(1, y[:, None])[:, 0]
+        other = z.masked_fill(torch.nn.functional.one_hot(y, z.shape[1]).bool(), -math.inf).amax(1)
+        tie = torch.sigmoid(zy - other)
+    else:
+        f = z.argmax(1) if finding is None else finding
+        rows = torch.arange(z.shape[0], device=z.device)
+        sgn = 2 * y[rows, f].float() - 1
+        tie = torch.sigmoid(sgn * z[rows, f])
+    return torch.maximum(rej, ok) * 2.0 + tie
+
+
+class BestOf(Attack):
+    """Strategy 4 (and AutoAttack's diversity): run several attacks (each with its own restarts) and keep,
+    per sample, the candidate with the lowest `objective(x_adv, y)` (default: :func:`quality` on the model
+    given at call time). The clean input is a candidate too, so the result is never worse than no attack.
+    ``info['chosen']`` names the attack that produced each returned sample."""
+
+    name = "best-of"
+
+    def __init__(self, attacks: Sequence[tuple[str, Attack]] | Sequence[Attack], objective: Objective | None = None,
+                 task: str = "classification", **kw: Any) -> None:
+        super().__init__(**kw)
+        pairs: list[tuple[str, Attack]] = []
+        for i, a in enumerate(attacks):
+            if isinstance(a, tuple):
+                pairs.append((str(a[0]), a[1]))
+            elif isinstance(a, Attack):
+                pairs.append((f"{i}:{a.name}", a))
+            else:
+                raise MedsecError(f"BestOf takes attacks or (name, attack) pairs, got {type(a).__name__}")
+        if not pairs:
+            raise MedsecError("BestOf needs at least one attack")
+        self.pairs = pairs
+        self.objective = objective
+        self.task_name = task
+        budgets = {(a.norm, a.eps) for _, a in pairs if a.eps is not None}
+        if len(budgets) == 1:
+            self.norm, self.eps = next(iter(budgets))
+
+    def run(self, model: nn.Module, x: Tensor, y: Tensor, verify: bool = True) -> AttackResult:
+        x = check_images(x)
+        obj = self.objective or (lambda xa, yy: quality(model, xa, yy, self.task_name))
+        best_x = x.detach().clone()
+        best_q = obj(best_x, y).float()
+        chosen = ["clean"] * x.shape[0]
+        for name, atk in self.pairs:
+            cand = atk.run(model, x, y).x_adv
+            q = obj(cand, y).float()
+            better = q < best_q
+            if bool(better.any()):
+                best_x[better] = cand[better]
+                best_q = torch.where(better, q, best_q)
+                for i in better.nonzero().squeeze(1).tolist():
+                    chosen[i] = name
+        return AttackResult(best_x, best_q < 1.0, {"chosen": chosen, "quality": best_q})
+
+    def _attack(self, ctx: Any) -> AttackResult:  # pragma: no cover - run() is overridden
+        raise NotImplementedError
+
+
+class SurrogateTransfer(Attack):
+    """Strategy 5 for limited knowledge (Levy et al. 4.4): craft on an ensemble of surrogate models of the
+    defence's architecture (sign-averaged gradients, eq. 3, iterated), run several restarts, and keep per
+    image the candidate that is most effective ON THE SURROGATES (highest mean surrogate loss among those
+    fooling the most surrogates). The victim is never queried while crafting; it only judges the result."""
+
+    name = "surrogate-transfer"
+
+    def __init__(self, surrogates: Sequence[nn.Module], eps: float, steps: int = 20, restarts: int = 3,
+                 loss: str | Loss = "ce", **kw: Any) -> None:
+        super().__init__(**kw)
+        if not surrogates:
+            raise MedsecError("SurrogateTransfer needs at least one surrogate model")
+        self.surrogates = list(surrogates)
+        self.eps = check_eps(eps)
+        self.steps = steps
+        self.restarts = restarts
+        self.attack_loss = loss
+
+    def _candidates(self, x: Tensor, y: Tensor) -> list[Tensor]:
+        assert self.eps is not None
+        out = [sign_average(self.surrogates, self.eps, steps=1, loss=self.attack_loss, seed=self.seed)]
+        for r in range(self.restarts):
+            out.append(sign_average(self.surrogates, self.eps, steps=self.steps, loss=self.attack_loss,
+                                    random_start=r > 0, seed=None if self.seed is None else self.seed + r))
+        return [a.run(self.surrogates[0], x, y).x_adv for a in out]
+
+    @torch.no_grad()
+    def _effectiveness(self, x_adv: Tensor, y: Tensor) -> Tensor:
+        fooled = torch.zeros(x_adv.shape[0], device=x_adv.device)
+        loss = torch.zeros_like(fooled)
+        for m in self.surrogates:
+            z = m(x_adv).float()
+            if z.ndim == 2 and y.ndim == 1:
+                fooled += (z.argmax(1) != y).float()
+                loss += torch.nn.functional.cross_entropy(z, y, reduction="none")
+            else:
+                d = dice_per_sample(seg_prediction(z), y, z.shape[1]) if z.ndim == 4 else torch.zeros_like(fooled)
+                fooled += 1 - d
+        k = len(self.surrogates)
+        return fooled / k * 1e3 + loss / k  # fooling more surrogates first, then a higher loss
+
+    def run(self, model: nn.Module, x: Tensor, y: Tensor, verify: bool = True) -> AttackResult:
+        x = check_images(x)
+        y = y.to(x.device)
+        best_x, best_e = x.detach().clone(), torch.full((x.shape[0],), -math.inf, device=x.device)
+        for cand in self._candidates(x, y):
+            e = self._effectiveness(cand, y)
+            better = e > best_e
+            best_x[better] = cand[better]
+            best_e = torch.where(better, e, best_e)
+        with torch.no_grad():
+            z = torch.cat([model(best_x[i:i + 128]).float() for i in range(0, x.shape[0], 128)])
+        succ = z.argmax(1) != y if z.ndim == 2 and y.ndim == 1 else torch.zeros(x.shape[0], dtype=torch.bool)
+        return AttackResult(best_x, succ, {"surrogate_effectiveness": best_e})
+
+    def _attack(self, ctx: Any) -> AttackResult:  # pragma: no cover - run() is overridden
+        raise NotImplementedError

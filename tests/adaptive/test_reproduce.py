@@ -1,0 +1,91 @@
+"""`medsec reproduce` (Levy et al.): results.json has DESIGN.md's schema, a rerun resumes finished rows,
+bad input is a clear error, and the targets rule is applied as documented."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import medsec.evaluation.reproduce as rp
+from medsec.config import config_from_dict
+from medsec.errors import ConfigError
+
+SCHEMA = {"defence": str, "dataset": str, "task": str, "metric": str, "clean": float,
+          "original_attack_no_defence": float, "original_attack_with_defence": float,
+          "adaptive_attack_with_defence": float, "eps": float, "n_test": int, "seconds": float}
+
+
+def _cfg(tmp_path, rows):
+    return config_from_dict({
+        "profile": "tiny", "cache_dir": str(tmp_path / "cache"),
+        "data": {"image_size": 16, "n_train": 64, "n_val": 16, "n_test": 16},
+        "train": {"epochs": 1, "batch_size": 32, "patience": 1, "augment": False},
+        "model": {"width": 0.125, "depth": 0.25},
+        "victims": {"chest14": {"arch": "resnet20"}, "brain-mri": {"arch": "unet"}},
+        "reproduce": {"n_test": 8, "steps": 3, "restarts": 1, "original_steps": 2, "curve_multipliers": [2.0],
+                      "n_curve": 4, "n_samples": 2, "rows": rows},
+    })
+
+
+def test_results_schema_report_and_resume(tmp_path, monkeypatch):
+    cfg = _cfg(tmp_path, ["mgm-chest14", "rbf-brain-mri"])
+    out = rp.run_levy(cfg, tmp_path / "out")
+    rows = json.loads((out / "results.json").read_text())
+    assert isinstance(rows, list) and [r["dataset"] for r in rows] == ["chest14", "brain-mri"]
+    for r in rows:
+        for k, t in SCHEMA.items():
+            assert isinstance(r[k], t if t is not float else (int, float)), (k, r[k])
+        assert r["task"] in ("classification", "segmentation")
+        assert r["metric"] == ("dice" if r["task"] == "segmentation" else "accuracy")
+        for k in rp.COLUMNS:
+            assert 0 <= r[k] <= 100
+        assert r["n_test"] == 8 and r["paper"]["clean"] > 0
+    mgm, seg = rows
+    assert mgm["eps"] == 0.02 and mgm["threshold"] is not None and mgm["table2"]["metric"] == "AUROC"
+    assert seg["eps"] == 0.02 and seg["metric"] == "dice"
+    md = (out / "report.md").read_text()
+    assert "Table 1" in md and "Table 2" in md and "(95.2)" in md and "synthetic" in md
+    for name in ("mgm-chest14-samples.png", "mgm-chest14-curves.png", "mgm-chest14-roc.png",
+                 "rbf-brain-mri-samples.png"):
+        assert (out / "figures" / name).stat().st_size > 1000
+    assert (out / "report.html").read_text().startswith("<!doctype html>")
+
+    # an interrupted or repeated run keeps finished rows: nothing is recomputed
+    def boom(*a, **k):
+        raise AssertionError("a finished row was recomputed")
+
+    monkeypatch.setattr(rp, "compute_row", boom)
+    rp.run_levy(cfg, tmp_path / "out")
+    assert json.loads((out / "results.json").read_text()) == rows
+
+
+def test_unknown_row_and_profile_are_clear_errors(tmp_path):
+    with pytest.raises(ConfigError, match="unknown row nope"):
+        rp.selected_rows(_cfg(tmp_path, ["nope"]))
+    from medsec.config import load_config
+
+    with pytest.raises(ConfigError, match="unknown profile 'fast'"):
+        load_config("fast")
+
+
+def test_targets_rule():
+    base = {"defence": "rbf", "paper": {"adaptive_attack_with_defence": 22.9}}
+    held = rp.check_targets({**base, "original_attack_no_defence": 40.0, "original_attack_with_defence": 70.0,
+                             "adaptive_attack_with_defence": 20.0})
+    assert held["met"] and held["defence_held_against_original"] and held["drop_ok"]
+    small_drop = rp.check_targets({**base, "original_attack_no_defence": 10.0, "original_attack_with_defence": 45.0,
+                                   "adaptive_attack_with_defence": 20.0})
+    assert not small_drop["met"] and small_drop["drop_ok"] is False
+    ens = rp.check_targets({"defence": "ensemble", "paper": {"adaptive_attack_with_defence": 0.0},
+                            "original_attack_no_defence": 0.0, "original_attack_with_defence": 5.0,
+                            "adaptive_attack_with_defence": 1.5})
+    assert ens["met"] and ens["paper_bound"] == 2.0
+
+
+def test_every_table1_row_is_defined_once():
+    assert len(rp.ROWS) == 8 and len(set(rp.ROW_IDS)) == 8
+    assert {(r.defence, r.dataset) for r in rp.ROWS} == {
+        ("mgm", "chest14"), ("ensemble", "ct-slices"), ("denoiser", "rsna"), ("rbf", "chest2"), ("gmm", "rsna"),
+        ("gmm", "oct"), ("rbf", "brain-mri"), ("rbf", "isic")}
+    assert all(0 < r.eps <= 1 for r in rp.ROWS)
