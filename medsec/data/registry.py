@@ -21,7 +21,7 @@ from medsec.paths import atomic_path, cache_root
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # bump whenever a synthetic generator changes: old cache entries are then not reused
 
 
 def _load_synthetic_modules() -> None:
