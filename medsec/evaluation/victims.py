@@ -21,6 +21,7 @@ from torch import nn
 
 from medsec.config import ExperimentConfig, VictimConfig
 from medsec.data import MedicalDataset, load_dataset
+from medsec.data.registry import CACHE_FORMAT
 from medsec.errors import ConfigError, MedsecError
 from medsec.models.checkpoint import load_checkpoint, save_checkpoint
 from medsec.models.networks import build_model, describe
@@ -179,7 +180,9 @@ def get_victim(
     depth = vc.depth if vc.depth is not None else cfg.model.depth
     data = development_data(experiment_dataset(cfg, dataset), data_variant, cfg.seed)
     device = resolve_device(cfg.device)
-    key = cfg.digest("data", "train") + repr(vc.model_copy(update={"width": width, "depth": depth}))
+    # The data's version is part of the key: a changed generator means a retrained victim.
+    key = (cfg.digest("data", "train") + repr(vc.model_copy(update={"width": width, "depth": depth}))
+           + f"|data-format-{CACHE_FORMAT}")
     extra_tag = ""
     if data_variant != "full":
         key += f"|variant={data_variant}"
