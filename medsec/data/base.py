@@ -11,12 +11,14 @@ to models as float32 in [0, 1] through `Split.images()`. Targets depend on the t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
 
 from medsec.errors import DataError
+from medsec.paths import atomic_path
 
 Task = Literal["classification", "multilabel", "segmentation"]
 SPLITS = ("train", "val", "test")
@@ -130,3 +132,32 @@ class MedicalDataset:
                 raise DataError(f"dataset {self.info.name}: split {s!r} findings must be (N, {k})")
             if self.info.task == "segmentation" and t.shape[1:] != sp.pixels.shape[2:]:
                 raise DataError(f"dataset {self.info.name}: split {s!r} masks must be (N, H, W)")
+
+
+def save_npz(ds: MedicalDataset, path: Path) -> None:
+    """Write a dataset's splits to one .npz atomically (how the synthetic and real-data caches store them)."""
+    arrays: dict[str, np.ndarray] = {}
+    for s in SPLITS:
+        sp = ds.split(s)
+        arrays[f"{s}/pixels"] = sp.pixels
+        arrays[f"{s}/targets"] = sp.targets
+        if sp.patient_ids is not None:
+            arrays[f"{s}/patient_ids"] = sp.patient_ids.astype(str)
+        for k, v in sp.extra.items():
+            arrays[f"{s}/extra/{k}"] = v
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)  # type: ignore[arg-type]
+
+
+def load_npz(path: Path, info: DatasetInfo) -> MedicalDataset:
+    """Read a dataset written by save_npz and check it (a damaged file raises, so callers can rebuild it)."""
+    with np.load(path, allow_pickle=False) as z:
+        splits = {}
+        for s in SPLITS:
+            extra = {k.split("/", 2)[2]: z[k] for k in z.files if k.startswith(f"{s}/extra/")}
+            pid = z[f"{s}/patient_ids"] if f"{s}/patient_ids" in z.files else None
+            splits[s] = Split(pixels=z[f"{s}/pixels"], targets=z[f"{s}/targets"], patient_ids=pid, extra=extra)
+    ds = MedicalDataset(info=info, **splits)
+    ds.check()
+    return ds

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from medsec.data.base import SPLITS, MedicalDataset, Split
+from medsec.data.base import SPLITS, MedicalDataset, load_npz, save_npz
 from medsec.data.synthetic import GENERATORS
 from medsec.errors import DataError
-from medsec.paths import atomic_path, cache_root
+from medsec.paths import cache_root
 
 log = logging.getLogger(__name__)
 
@@ -73,33 +73,6 @@ def _cache_file(root: Path, name: str, key: dict) -> Path:
     return root / "data" / f"{name}-{key['size']}px-{digest}.npz"
 
 
-def _save(ds: MedicalDataset, path: Path) -> None:
-    arrays: dict[str, np.ndarray] = {}
-    for s in SPLITS:
-        sp = ds.split(s)
-        arrays[f"{s}/pixels"] = sp.pixels
-        arrays[f"{s}/targets"] = sp.targets
-        if sp.patient_ids is not None:
-            arrays[f"{s}/patient_ids"] = sp.patient_ids.astype(str)
-        for k, v in sp.extra.items():
-            arrays[f"{s}/extra/{k}"] = v
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)  # type: ignore[arg-type]
-
-
-def _load(path: Path, ds_info) -> MedicalDataset:
-    with np.load(path, allow_pickle=False) as z:
-        splits = {}
-        for s in SPLITS:
-            extra = {k.split("/", 2)[2]: z[k] for k in z.files if k.startswith(f"{s}/extra/")}
-            pid = z[f"{s}/patient_ids"] if f"{s}/patient_ids" in z.files else None
-            splits[s] = Split(pixels=z[f"{s}/pixels"], targets=z[f"{s}/targets"], patient_ids=pid, extra=extra)
-    ds = MedicalDataset(info=ds_info, **splits)
-    ds.check()
-    return ds
-
-
 def load_dataset(
     name: str,
     *,
@@ -135,14 +108,14 @@ def load_dataset(
     path = _cache_file(cache_root(cache_dir), name, key)
     if path.exists():
         try:
-            return _load(path, spec.info)
+            return load_npz(path, spec.info)
         except (OSError, ValueError, KeyError, zipfile.BadZipFile, DataError, EOFError) as e:
             log.warning("cache entry %s is corrupted (%s); regenerating it", path, e)
             path.unlink(missing_ok=True)
     ds = generate_synthetic(name, size=size, n_train=n_train, n_val=n_val, n_test=n_test, seed=seed,
                             difficulty=d)
     try:
-        _save(ds, path)
+        save_npz(ds, path)
     except OSError as e:
         log.warning("could not cache dataset %s at %s: %s", name, path, e)
     return ds

@@ -25,9 +25,9 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from medsec.data.base import SPLITS, DatasetInfo, MedicalDataset, Split
+from medsec.data.base import SPLITS, DatasetInfo, MedicalDataset, Split, load_npz, save_npz
 from medsec.errors import DataError
-from medsec.paths import atomic_path, cache_root
+from medsec.paths import cache_root
 
 log = logging.getLogger("medsec.data.formats")
 
@@ -366,32 +366,13 @@ def _cache_path(name: str, size: int, key: dict[str, Any], cache_dir: str | Path
 
 
 def save_cached(ds: MedicalDataset, path: Path) -> None:
-    """Write `ds` to `path` atomically (uint8 pixels, targets, patient ids, extra arrays)."""
-    arrays: dict[str, np.ndarray] = {}
-    for s in SPLITS:
-        sp = ds.split(s)
-        arrays[f"{s}/pixels"] = sp.pixels
-        arrays[f"{s}/targets"] = sp.targets
-        if sp.patient_ids is not None:
-            arrays[f"{s}/patient_ids"] = sp.patient_ids.astype(str)
-        for k, v in sp.extra.items():
-            arrays[f"{s}/extra/{k}"] = v
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)  # type: ignore[arg-type]
+    """Write `ds` to `path` atomically (the one .npz layout of medsec.data.base)."""
+    save_npz(ds, path)
 
 
 def load_cached(path: Path, info: DatasetInfo) -> MedicalDataset:
     """Read a dataset written by save_cached and check it."""
-    with np.load(path, allow_pickle=False) as z:
-        splits = {}
-        for s in SPLITS:
-            extra = {k.split("/", 2)[2]: z[k] for k in z.files if k.startswith(f"{s}/extra/")}
-            pid = z[f"{s}/patient_ids"] if f"{s}/patient_ids" in z.files else None
-            splits[s] = Split(pixels=z[f"{s}/pixels"], targets=z[f"{s}/targets"], patient_ids=pid, extra=extra)
-    ds = MedicalDataset(info=info, **splits)
-    ds.check()
-    return ds
+    return load_npz(path, info)
 
 
 def with_cache(info: DatasetInfo, root: Path, size: int, seed: int, options: dict[str, Any],
