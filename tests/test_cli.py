@@ -86,3 +86,17 @@ def test_console_errors_have_no_traceback_and_exit_2(cache_dir):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2
     assert "chest99" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_integrity_section_refuses_planted_adversarial_pixels(cache_dir, tmp_path):
+    from medsec.config import config_from_dict
+    from medsec.evaluation.clean import integrity_section
+
+    cfg = config_from_dict({"data": {"image_size": 24, "n_train": 80, "n_val": 30, "n_test": 30},
+                            "train": {"epochs": 2, "batch_size": 32},
+                            "victims": {"toy-blobs": {"arch": "resnet20", "width": 0.5, "depth": 0.34}}})
+    result, md = integrity_section(cfg, tmp_path, dataset="toy-blobs", n=6, eps=0.05)
+    assert result["replaced_total"] >= 1
+    assert result["all_untouched_pass"] and result["all_replaced_refused"]
+    assert "eps 0.05" in md and "countermeasure holds" in md
+    assert integrity_section(cfg, tmp_path, dataset="chest2") is None  # not in this profile

@@ -50,14 +50,38 @@ def clean_table(rows: list[dict[str, Any]]) -> str:
           r["train_seconds"]] for r in rows])
 
 
+def integrity_section(cfg: ExperimentConfig, out: Path, dataset: str = "chest2", n: int = 16,
+                      eps: float = 0.02) -> tuple[dict[str, Any], str] | None:
+    """Levy et al.'s countermeasure on this run's own adversarial images: PGD images (eps in [0, 1] units)
+    planted into signed DICOM copies of the clean test images, as an attacker inside a PACS would; the
+    integrity gate must refuse every planted file and accept every untouched one. None when the profile
+    has no such dataset."""
+    if dataset not in cfg.victims:
+        return None
+    from medsec.attacks import PGD
+    from medsec.integrity.demo import tamper_demo, tamper_demo_markdown
+
+    v = get_victim(cfg, dataset)
+    x, y = v.data.test.images(slice(0, n)), v.data.test.target_tensor(slice(0, n))
+    x_adv = PGD(eps=eps, steps=10, seed=cfg.seed)(v.model.cpu().eval(), x, y)
+    result = tamper_demo(x.numpy(), x_adv.numpy(), out / "integrity")
+    body = tamper_demo_markdown(result).split("\n", 1)[1]  # Report.add gives the heading
+    intro = (f"{n} test images of {v.data.info.label}, PGD-10 at eps {eps} ([0, 1] pixel units) against "
+             f"its victim ({v.meta['arch_label']}).\n")
+    return result, intro + body
+
+
 def run_clean_evaluation(cfg: ExperimentConfig, out_dir: str | Path, datasets: list[str] | None = None) -> Path:
     """Train/load all victims, write clean_metrics.json, report.md and report.html into out_dir."""
     out = ensure_writable_dir(out_dir)
     started, t0 = datetime.now(UTC), time.perf_counter()
     rows = clean_rows(cfg, datasets)
+    integrity = integrity_section(cfg, out)
     prov = run_provenance(cfg.to_yaml(), str(resolve_device(cfg.device)), started, time.perf_counter() - t0,
                           {"experiment": cfg.seed})
-    write_text_atomic(out / "clean_metrics.json", json.dumps({"rows": rows, "provenance": prov}, indent=2))
+    write_text_atomic(out / "clean_metrics.json", json.dumps(
+        {"rows": rows, "integrity": integrity[0] if integrity else None, "provenance": prov}, indent=2,
+        default=str))
     synthetic = any(r["synthetic"] for r in rows)
     rep = Report(f"medsec clean baseline — profile {cfg.profile}")
     if synthetic:
@@ -67,6 +91,8 @@ def run_clean_evaluation(cfg: ExperimentConfig, out_dir: str | Path, datasets: l
     rep.add("Clean performance of the victims",
             "Accuracy for classification, prevalence-weighted AUROC for multi-label chest14, foreground "
             "Dice for segmentation; all in percent on the held-out test split.\n\n" + clean_table(rows))
+    if integrity:
+        rep.add("Signed DICOM against an attacker inside the PACS", integrity[1])
     rep.add("Run", provenance_markdown(prov))
     rep.write(out)
     return out
