@@ -100,3 +100,29 @@ def test_integrity_section_refuses_planted_adversarial_pixels(cache_dir, tmp_pat
     assert result["all_untouched_pass"] and result["all_replaced_refused"]
     assert "eps 0.05" in md and "countermeasure holds" in md
     assert integrity_section(cfg, tmp_path, dataset="chest2") is None  # not in this profile
+
+
+def test_reproduce_accepts_data_root(cache_dir, tmp_path):
+    """--data-root reaches the datasets reproduce reads: a real-layout copy is read, a missing one is named."""
+    from tests.data.fixtures_real import make_nih
+
+    r = runner.invoke(app, ["reproduce", "--data-root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")])
+    assert r.exit_code != 0 and "nowhere" in str(r.exception)
+    fx = make_nih(tmp_path / "real")
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text("""
+profile: tiny
+data: {image_size: 16}
+train: {epochs: 1, batch_size: 8}
+model: {width: 0.125, depth: 0.25}
+victims: {chest2: {arch: resnet18}}
+reproduce: {rows: [rbf-chest2], n_test: 4, steps: 2, n_curve: 2, n_samples: 1, curve_multipliers: [], defence_epochs: 1}
+""")
+    r = runner.invoke(app, ["reproduce", "--profile", str(cfg), "--data-root", str(fx.root),
+                            "--out", str(tmp_path / "out")])
+    assert r.exit_code == 0, (r.output, r.exception)
+    import json
+
+    rows = json.loads((tmp_path / "out" / "results.json").read_text())
+    rows = rows if isinstance(rows, list) else rows["rows"]
+    assert rows[0]["dataset"] == "chest2" and rows[0]["n_test"] <= 4

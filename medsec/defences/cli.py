@@ -40,10 +40,13 @@ DEFAULT_PAPER = "levy-2022"
 OUTPUT_NAMES = {"li-zhu-2020": "li_zhu_2020.json"}
 
 
-def _config(profile: str, cache_dir: str | None, seed: int | None, device: str | None) -> ExperimentConfig:
+def _config(profile: str, cache_dir: str | None, seed: int | None, device: str | None,
+            data_root: str | None = None) -> ExperimentConfig:
     from medsec.config import load_config
 
     over: dict = {}
+    if data_root:
+        over["data"] = {"data_root": data_root}
     if cache_dir:
         over["cache_dir"] = cache_dir
     if seed is not None:
@@ -60,6 +63,8 @@ def reproduce(
     seed: Annotated[int | None, typer.Option("--seed")] = None,
     device: Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda")] = None,
     cache_dir: Annotated[str | None, typer.Option("--cache-dir", help="cache folder")] = None,
+    data_root: Annotated[str | None, typer.Option("--data-root", help="real data in its publisher's layout "
+                                                   "(docs/datasets.md)")] = None,
     n_images: Annotated[int | None, typer.Option("--n-images", min=1,
                                                  help="at most this many test images (default: the paper's)")] = None,
 ) -> None:
@@ -67,7 +72,7 @@ def reproduce(
     name = paper or DEFAULT_PAPER
     if name not in REPRODUCERS:
         raise MedsecError(f"unknown paper {name!r} for --paper; available: {', '.join(REPRODUCERS)}")
-    cfg = _config(profile, cache_dir, seed, device)
+    cfg = _config(profile, cache_dir, seed, device, data_root)
     out_dir = REPRODUCERS[name](cfg, out or Path("reports") / f"{name}-{cfg.profile}", n_images)
     results = OUTPUT_NAMES.get(name, "results.json")
     console.print(f"wrote {out_dir / results}, {out_dir / 'report.md'}, {out_dir / 'report.html'}")
