@@ -9,24 +9,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from medsec.config import cli_config
+
 console = Console()
 
 ProfileOpt = Annotated[str, typer.Option("--profile", "-p", help="quick, full, or a YAML config file")]
 DataRootOpt = Annotated[str | None, typer.Option("--data-root", help="real data in its publisher's layout")]
 CacheOpt = Annotated[str | None, typer.Option("--cache-dir", help="cache folder (default $MEDSEC_CACHE or ~/.cache/medsec)")]
-
-
-def _config(profile: str, data_root: str | None = None, cache_dir: str | None = None, seed: int | None = None):
-    from medsec.config import load_config
-
-    over: dict = {}
-    if data_root:
-        over["data"] = {"data_root": data_root}
-    if cache_dir:
-        over["cache_dir"] = cache_dir
-    if seed is not None:
-        over["seed"] = seed
-    return load_config(profile, over)
 
 
 def datasets() -> None:
@@ -52,7 +41,7 @@ def train(
     """Train (or load from the cache) the victim of a dataset and print its clean test metrics."""
     from medsec.evaluation.victims import get_victim
 
-    cfg = _config(profile, data_root, cache_dir, seed)
+    cfg = cli_config(profile, data_root=data_root, cache_dir=cache_dir, seed=seed)
     v = get_victim(cfg, dataset, arch)
     console.print(f"{v.data.info.label} / {v.meta['arch_label']}: test {v.meta['test']}"
                   f" ({'cached' if v.from_cache else 'trained'}; checkpoint {v.checkpoint})")
@@ -68,7 +57,7 @@ def evaluate(
     """Train/load every victim of the profile and write their clean metrics (JSON, Markdown, HTML)."""
     from medsec.evaluation.clean import run_clean_evaluation
 
-    cfg = _config(profile, data_root, cache_dir)
+    cfg = cli_config(profile, data_root=data_root, cache_dir=cache_dir)
     out_dir = run_clean_evaluation(cfg, out, dataset or None)
     console.print(f"wrote {out_dir / 'report.md'}, {out_dir / 'report.html'}, {out_dir / 'clean_metrics.json'}")
 

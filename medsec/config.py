@@ -249,3 +249,18 @@ def load_config(profile_or_path: str | Path = "quick", overrides: dict[str, Any]
     if overrides:
         raw = _deep_update(raw, overrides)
     return config_from_dict(raw, source)
+
+
+def cli_config(profile: str, *, cache_dir: str | None = None, data_root: str | None = None, seed: int | None = None,
+               device: str | None = None, extra: dict[str, Any] | None = None) -> ExperimentConfig:
+    """A profile (or YAML file) with the options every command shares laid over it (None = keep the file's)."""
+    over: dict[str, Any] = dict(extra or {})
+    if cache_dir:
+        over["cache_dir"] = cache_dir
+    if data_root:
+        over["data"] = {**over.get("data", {}), "data_root": data_root}
+    if seed is not None:
+        over["seed"] = seed
+    if device:
+        over["device"] = device
+    return load_config(profile, over)

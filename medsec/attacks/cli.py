@@ -37,14 +37,14 @@ def attack(
     import torch
 
     from medsec.attacks.registry import build_attack
-    from medsec.commands import _config
+    from medsec.config import cli_config
     from medsec.errors import MedsecError
     from medsec.evaluation.metrics import PRIMARY_METRIC, summarize_perturbation, task_metrics
     from medsec.evaluation.victims import get_victim, resolve_device
 
     if n < 1:
         raise MedsecError(f"--n must be >= 1, got {n}")
-    cfg = _config(profile, data_root, cache_dir, seed)
+    cfg = cli_config(profile, data_root=data_root, cache_dir=cache_dir, seed=seed)
     v = get_victim(cfg, dataset, arch)
     task = v.data.info.task
     if targeted and task != "classification":

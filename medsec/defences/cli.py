@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from medsec.config import ExperimentConfig
+from medsec.config import ExperimentConfig, cli_config
 from medsec.errors import MedsecError
 
 console = Console()
@@ -40,22 +40,6 @@ DEFAULT_PAPER = "levy-2022"
 OUTPUT_NAMES = {"li-zhu-2020": "li_zhu_2020.json"}
 
 
-def _config(profile: str, cache_dir: str | None, seed: int | None, device: str | None,
-            data_root: str | None = None) -> ExperimentConfig:
-    from medsec.config import load_config
-
-    over: dict = {}
-    if data_root:
-        over["data"] = {"data_root": data_root}
-    if cache_dir:
-        over["cache_dir"] = cache_dir
-    if seed is not None:
-        over["seed"] = seed
-    if device:
-        over["device"] = device
-    return load_config(profile, over)
-
-
 def reproduce(
     paper: Annotated[str | None, typer.Option("--paper", help=f"which paper's tables: {', '.join(REPRODUCERS)}")] = None,
     profile: Annotated[str, typer.Option("--profile", "-p", help="quick, full, or a YAML config file")] = "quick",
@@ -72,7 +56,7 @@ def reproduce(
     name = paper or DEFAULT_PAPER
     if name not in REPRODUCERS:
         raise MedsecError(f"unknown paper {name!r} for --paper; available: {', '.join(REPRODUCERS)}")
-    cfg = _config(profile, cache_dir, seed, device, data_root)
+    cfg = cli_config(profile, cache_dir=cache_dir, seed=seed, device=device, data_root=data_root)
     out_dir = REPRODUCERS[name](cfg, out or Path("reports") / f"{name}-{cfg.profile}", n_images)
     results = OUTPUT_NAMES.get(name, "results.json")
     console.print(f"wrote {out_dir / results}, {out_dir / 'report.md'}, {out_dir / 'report.html'}")
@@ -92,7 +76,7 @@ def defend(
     from medsec.evaluation.metrics import task_metrics
     from medsec.models.training import predict
 
-    cfg = _config(profile, cache_dir, seed, None)
+    cfg = cli_config(profile, cache_dir=cache_dir, seed=seed)
     fd = get_defence(cfg, defence, dataset)
     data = fd.victim.data
     x, y = data.test.images(), data.test.target_tensor()

@@ -26,12 +26,12 @@ def audit(
     cache_dir: Annotated[str | None, typer.Option("--cache-dir", help="cache folder")] = None,
 ) -> None:
     """Attack your own defence: the adaptive cascade plus gradient-masking checks, and a verdict."""
-    from medsec.config import load_config
+    from medsec.config import cli_config
     from medsec.evaluation.audit import run_audit
 
     if not (0.0 <= eps <= 1.0):
         raise MedsecError(f"--eps must lie in [0, 1] (L_inf, [0, 1] pixel units), got {eps}")
-    cfg = load_config(profile, {"cache_dir": cache_dir} if cache_dir else None)
+    cfg = cli_config(profile, cache_dir=cache_dir)
     res = run_audit(target, cfg, dataset, eps, n, steps, out)
     console.print(f"[bold]{res.defence}[/] at eps={res.eps:g} on {res.n} images: clean {res.clean:.1f}% handled")
     for k, v in res.attacks.items():

@@ -8,27 +8,11 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from medsec.commands import CacheOpt, DataRootOpt, ProfileOpt
+from medsec.config import cli_config
 from medsec.errors import MedsecError
 
 console = Console()
-
-ProfileOpt = Annotated[str, typer.Option("--profile", "-p", help="quick, full, or a YAML config file")]
-CacheOpt = Annotated[str | None, typer.Option("--cache-dir", help="cache folder (default $MEDSEC_CACHE or ~/.cache/medsec)")]
-DataRootOpt = Annotated[str | None, typer.Option("--data-root", help="real data in its publisher's layout")]
-
-
-def _config(profile: str, cache_dir: str | None, data_root: str | None, transfer: dict | None = None):
-    from medsec.config import load_config
-
-    over: dict = {}
-    if cache_dir:
-        over["cache_dir"] = cache_dir
-    if data_root:
-        over["data"] = {"data_root": data_root}
-    if transfer:
-        over["transfer"] = transfer
-    return load_config(profile, over)
-
 
 def _parse_weights(items: list[str]) -> dict[str, str]:
     out = {}
@@ -58,7 +42,7 @@ def transfer(
         over["weights"] = _parse_weights(weights)
     if dataset:
         over["dataset"] = dataset
-    cfg = _config(profile, cache_dir, data_root, over or None)
+    cfg = cli_config(profile, cache_dir=cache_dir, data_root=data_root, extra={"transfer": over} if over else None)
     res = run_transfer_study(cfg, out)
     for f in res["findings"]:
         console.print(f"{f['attack'].upper():5s} {f['finding']}: "
@@ -77,7 +61,7 @@ def survey(
     """The survey's attacks (patch, one-pixel, universal perturbation, backdoor, feature collision)."""
     from medsec.evaluation.survey import run_survey
 
-    cfg = _config(profile, cache_dir, data_root)
+    cfg = cli_config(profile, cache_dir=cache_dir, data_root=data_root)
     res = run_survey(cfg, out, dataset or None)
     console.print(f"wrote {out / 'survey_results.json'} and {out / 'report.md'} ({len(res['rows'])} cells)")
 
