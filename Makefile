@@ -22,7 +22,7 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	touch $@
 
 run: $(VENV)/.installed
-	$(VENV)/bin/medsec evaluate --profile $(PROFILE) --out $(OUT)
+	$(VENV)/bin/medsec reproduce --profile $(PROFILE) --out $(OUT)
 
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check medsec tests $(wildcard benchmarks)

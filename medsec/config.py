@@ -76,6 +76,7 @@ class EnsembleDefenceConfig(_Strict):
 
     members: int = Field(3, ge=1)
     arch: str | None = None  # None: the dataset's victim architecture (ResNet-20 for ct-slices)
+    width: float | None = Field(None, gt=0, le=4)  # member width; None: the victim's scaling
     adv_eps: float = Field(0.01, ge=0, le=1)  # FGSM eps of adversarial training ([0, 1] pixels)
     adv_weight: float = Field(1.0, ge=0)
 

@@ -19,6 +19,7 @@ from medsec.attacks.losses import (
     Loss,
     LossInput,
     Margin,
+    Selective,
     Sum,
     Weighted,
 )
@@ -34,7 +35,7 @@ __all__ = [
     # the survey's attacks
     "AdversarialPatch", "BadNets", "FeatureCollision", "OnePixel", "UniversalPerturbation",
     # losses
-    "BCE", "DLR", "CrossEntropy", "Dice", "ExtraTerm", "Loss", "LossInput", "Margin", "Sum", "Weighted",
+    "BCE", "DLR", "CrossEntropy", "Dice", "ExtraTerm", "Loss", "LossInput", "Margin", "Selective", "Sum", "Weighted",
     # engine pieces and helpers
     "ATTACKS", "Attack", "AttackContext", "AttackResult", "Speed", "Tracker", "build_attack", "mean_of_signs",
     "project", "register_attack",

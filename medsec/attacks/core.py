@@ -203,8 +203,12 @@ class Goal:
 
     def success(self, outputs: Tensor, x_adv: Tensor, y: Tensor, idx: Tensor | None = None) -> Tensor:
         """(N,) bool: the goal is reached for each sample (`idx` selects rows of the per-call state)."""
-        if self.custom is not None:
-            return self.custom(outputs, x_adv, y).bool().reshape(-1)
+        reached = self._task_goal(outputs, y, idx)
+        if self.custom is not None:  # an extra condition, e.g. "and the detector accepts it"
+            reached = reached & self.custom(outputs, x_adv, y).bool().reshape(-1).to(reached.device)
+        return reached
+
+    def _task_goal(self, outputs: Tensor, y: Tensor, idx: Tensor | None) -> Tensor:
         if self.task == "classification":
             pred = outputs.argmax(1)
             return pred == y if self.targeted else pred != y
@@ -625,7 +629,8 @@ class Attack:
         extra: a Loss (e.g. ExtraTerm) added to it — how defence-aware attacks are built.
       findings: multi-label only — "top" (Li & Zhu), "all", or finding indices.
       dice_threshold: segmentation success — Dice <= t (untargeted) or Dice >= 1 - t (targeted).
-      success: custom success test `fn(outputs, x_adv, y) -> (N,) bool` replacing the task's.
+      success: an extra success condition `fn(outputs, x_adv, y) -> (N,) bool` on top of the task's goal
+        (e.g. :func:`medsec.attacks.adaptive.accepted_by`: the detector lets x_adv through).
       grad_model: model (or list of models) whose gradients drive the attack; success is judged on the
         model passed at call time (BPDA, surrogate/ensemble gradients).
       seed: seed of the attack's own generator (the global RNG is left alone); None = nondeterministic.

@@ -100,6 +100,26 @@ class Weighted(Loss):
         return f"{self.weight!r}*{self.loss!r}"
 
 
+class Selective(Loss):
+    """``goal + weight(t) * extra``, the extra term counted only for samples whose goal term is already > 0
+    (a margin: misclassified, target reached, finding flipped). First fool the model, then spend the
+    budget on the extra objective (e.g. evading a detector) without losing the first; a sample pushed back
+    across the boundary gets the goal's gradient alone again. The loss-form of Bryniarski et al.'s
+    selective attack (2022); use it where one term's gradient would otherwise drown the other's."""
+
+    def __init__(self, goal: Loss, extra: Loss, weight: float | Schedule = 1.0) -> None:
+        self.goal = goal
+        self.extra = Weighted(extra, weight)
+        self.needs_features = goal.needs_features or extra.needs_features
+
+    def __call__(self, inp: LossInput) -> Tensor:
+        g = self.goal(inp)
+        return g + self.extra(inp) * (g.detach() > 0).to(g.dtype)
+
+    def __repr__(self) -> str:
+        return f"Selective({self.goal!r}, then {self.extra!r})"
+
+
 class ExtraTerm(Loss):
     """A user-supplied term `fn(outputs, features, x_adv, y) -> (N,)`, ascended like the rest.
 

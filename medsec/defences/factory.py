@@ -57,7 +57,10 @@ def _build(cfg: ExperimentConfig, name: str, victim: Victim, seed: int) -> Defen
                                ssat_weight=g.ssat_weight, ssat_eps=g.ssat_eps, ssat_lr=g.ssat_lr)
     if name == "ensemble":
         e = dc.ensemble
-        spec = {"factory": "build_model", "args": {**net_args, "arch": e.arch or meta["arch"]}}
+        args = {**net_args, "arch": e.arch or meta["arch"]}
+        if e.width is not None:
+            args["width"] = e.width
+        spec = {"factory": "build_model", "args": args}
         return Ensemble.build([spec] * e.members, adv_eps=e.adv_eps, adv_weight=e.adv_weight)
     if name == "denoiser":
         d = dc.denoiser

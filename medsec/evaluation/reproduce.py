@@ -42,6 +42,7 @@ from medsec.attacks.adaptive.strategies import correct_predictions
 from medsec.config import ExperimentConfig
 from medsec.errors import ConfigError
 from medsec.evaluation.cells import CellStore
+from medsec.evaluation.clean import clean_rows, clean_table, integrity_section
 from medsec.evaluation.metrics import detection_auroc, detection_roc, dice, weighted_auroc
 from medsec.evaluation.victims import resolve_device
 from medsec.paths import ensure_writable_dir, write_text_atomic
@@ -335,18 +336,27 @@ def run_levy(cfg: ExperimentConfig, out_dir: str | Path) -> Path:
         if store.get(key) is not None:
             console.print(f"{row.id}: finished earlier, kept ({store.path(key).name})")
         cells.append(store.compute(key, lambda row=row: compute_row(cfg, row, fig_dir)))  # type: ignore[misc]
+    write_text_atomic(out / "results.json", json.dumps(results_rows(cells), indent=2))
+    # the victims' clean baseline and the countermeasure on this run's own adversarial images
+    datasets = list(dict.fromkeys(r.dataset for r in selected_rows(cfg)))
+    clean = clean_rows(cfg, datasets)
+    integrity = integrity_section(cfg, out, dataset="chest2" if "chest2" in datasets else datasets[0])
     prov = run_provenance(cfg.to_yaml(), str(resolve_device(cfg.device)), started, time.perf_counter() - t0,
                           {"experiment": cfg.seed, "attacks": cfg.seed, "surrogates": cfg.seed + 100})
-    write_text_atomic(out / "results.json", json.dumps(results_rows(cells), indent=2))
-    levy_report(cells, prov, cfg, out).write(out)
+    write_text_atomic(out / "clean_metrics.json", json.dumps(
+        {"rows": clean, "integrity": integrity[0] if integrity else None}, indent=2, default=str))
+    levy_report(cells, prov, cfg, out, clean=clean, integrity=integrity[1] if integrity else None).write(out)
     return out
 
 
-def levy_report(cells: list[dict[str, Any]], prov: dict[str, Any], cfg: ExperimentConfig, out: Path) -> Report:
-    """Tables 1 and 2 beside the paper's numbers, per-row figures and notes, and the run's provenance."""
+def levy_report(cells: list[dict[str, Any]], prov: dict[str, Any], cfg: ExperimentConfig, out: Path,
+                clean: list[dict[str, Any]] | None = None, integrity: str | None = None) -> Report:
+    """The clean baseline, Tables 1 and 2 beside the paper's numbers, per-row figures and notes, the signed-DICOM
+    countermeasure on the run's own adversarial images, and the run's provenance."""
     from medsec.report.figures import metric_curves, roc_figure
 
-    rep = Report(f"Levy et al. 2022, Tables 1 and 2 — adaptive attacks on five defences (profile {cfg.profile})")
+    rep = Report(f"medsec security evaluation (profile {cfg.profile}): Levy et al. 2022 Tables 1 and 2, adaptive "
+                 "attacks on five defences")
     rep.add("Data", "<p class='synthetic'>Computed on medsec's <b>embedded synthetic</b> phantoms with scaled-down "
             "networks (see the config below), not on the paper's patient data: compare the pattern (the defence "
             "holds against the original attack and falls to the adaptive one), not the digits.</p>")
@@ -356,6 +366,12 @@ def levy_report(cells: list[dict[str, Any]], prov: dict[str, Any], cfg: Experime
             "of clean training images and is fixed at fit time, before any attack. GMM accuracy = 100 - "
             "adversarial risk. eps is L_inf in [0, 1] pixel units, the same for the original and the adaptive "
             "attack of a row, and all attacks of a row use the same test images. Each cell: ours (paper).")
+
+    if clean:
+        rep.add("Clean performance of the victims",
+                "The undefended victims on their whole held-out test split (accuracy for classification, "
+                "prevalence-weighted AUROC for multi-label chest14, foreground Dice for segmentation; percent).\n\n"
+                + clean_table(clean))
 
     def both(c: dict[str, Any], k: str, src: dict[str, Any] | None = None) -> str:
         s = src or c
@@ -413,6 +429,8 @@ def levy_report(cells: list[dict[str, Any]], prov: dict[str, Any], cfg: Experime
                             fig_dir / f"{c['id']}-roc.png", title=f"{c['id']}: detection ROC")
             body += f"![roc](figures/{rp.name})\n"
         rep.add(f"Row {c['id']}", body)
+    if integrity:
+        rep.add("Signed DICOM against an attacker inside the PACS", integrity)
     rep.add("Run", provenance_markdown(prov))
     return rep
 

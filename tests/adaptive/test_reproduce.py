@@ -46,6 +46,12 @@ def test_results_schema_report_and_resume(tmp_path, monkeypatch):
     assert seg["eps"] == 0.02 and seg["metric"] == "dice"
     md = (out / "report.md").read_text()
     assert "Table 1" in md and "Table 2" in md and "(95.2)" in md and "synthetic" in md
+    # the main job's report: the victims' clean baseline and the signed-DICOM countermeasure beside the tables
+    assert "Clean performance of the victims" in md and "Signed DICOM against an attacker inside the PACS" in md
+    summary = json.loads((out / "clean_metrics.json").read_text())
+    assert [r["dataset"] for r in summary["rows"]] == ["chest14", "brain-mri"]
+    integ = summary["integrity"]
+    assert integ["replaced_refused"] == integ["replaced_total"] and integ["untouched_passed"] == integ["untouched_total"]
     for name in ("mgm-chest14-samples.png", "mgm-chest14-curves.png", "mgm-chest14-roc.png",
                  "rbf-brain-mri-samples.png"):
         assert (out / "figures" / name).stat().st_size > 1000

@@ -9,7 +9,18 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from medsec.attacks import FGSM, PGD, Cascade, CrossEntropy, ExtraTerm, Weighted, mean_of_signs
+from medsec.attacks import (
+    FGSM,
+    PGD,
+    Cascade,
+    CrossEntropy,
+    ExtraTerm,
+    LossInput,
+    Margin,
+    Selective,
+    Weighted,
+    mean_of_signs,
+)
 from medsec.attacks.cascade import CLEAN, ROBUST
 
 
@@ -224,3 +235,23 @@ def BIM_(**kw):
     from medsec.attacks import BIM
 
     return BIM(eps=0.1, steps=5, **kw)
+
+
+def test_selective_loss_adds_the_extra_term_only_once_the_goal_is_reached():
+    """Selective(goal, extra): where the goal term is <= 0 only the goal counts; past it, goal + w * extra."""
+    z = torch.tensor([[2.0, 0.0], [0.0, 3.0]])  # sample 0 still correct (margin -2), sample 1 fooled (+3)
+    y = torch.tensor([0, 0])
+    extra = ExtraTerm(lambda out, f, x, yy: torch.tensor([10.0, 10.0]), needs_features=False)
+    inp = LossInput(outputs=z, y=y, targeted=False, task="classification", x_adv=torch.zeros(2, 1, 2, 2))
+    got = Selective(Margin(), extra, 0.5)(inp)
+    assert torch.allclose(got, torch.tensor([-2.0, 3.0 + 5.0]))
+
+
+def test_success_condition_is_added_to_the_task_goal(clf):
+    """success= is an extra condition: a sample must be misclassified AND pass it (here: never)."""
+    model, x, y = clf
+    res = PGD(eps=0.3, steps=10, success=lambda out, xa, yy: torch.zeros(len(yy), dtype=torch.bool)).run(model, x, y)
+    assert not res.success.any()
+    res = PGD(eps=0.3, steps=10, success=lambda out, xa, yy: torch.ones(len(yy), dtype=torch.bool)).run(model, x, y)
+    with torch.no_grad():
+        assert torch.equal(res.success, model(res.x_adv).argmax(1) != y)

@@ -19,6 +19,7 @@ from medsec.attacks.adaptive.strategies import (
     BestOf,
     Composed,
     SurrogateTransfer,
+    accepted_by,
     bpda,
     class_mean_term,
     detector_term,
@@ -31,13 +32,11 @@ from medsec.attacks.adaptive.strategies import (
     ramp,
     rejected,
     sign_average,
-    system_success,
-    targeted_system_success,
 )
 
 __all__ = [
     "BPDA", "BestOf", "Composed", "DenoiserRecipe", "DetectorRecipe", "EnsembleRecipe", "GMMRecipe", "MGMRecipe",
-    "RBFRecipe", "Recipe", "SurrogateTransfer", "bpda", "class_mean_term", "detector_term", "exposed",
+    "RBFRecipe", "Recipe", "SurrogateTransfer", "accepted_by", "bpda", "class_mean_term", "detector_term", "exposed",
     "feature_distance_term", "gaussian_scale", "is_detector", "patient_attacks", "quality", "ramp", "recipe_for",
-    "rejected", "sign_average", "system_success", "targeted_system_success", "task_of",
+    "rejected", "sign_average", "task_of",
 ]

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from medsec.attacks.adaptive.strategies import (
     BestOf,
+    accepted_by,
     SurrogateTransfer,
     class_mean_term,
     detector_term,
@@ -36,13 +37,11 @@ from medsec.attacks.adaptive.strategies import (
     quality,
     ramp,
     sign_average,
-    system_success,
-    targeted_system_success,
 )
 from medsec.attacks.apgd import APGD
 from medsec.attacks.core import Attack, AttackResult, check_eps, check_images, check_positive_int
 from medsec.attacks.engine import PGD
-from medsec.attacks.losses import ExtraTerm, Loss, Margin, Weighted
+from medsec.attacks.losses import ExtraTerm, Loss, Margin, Selective, Weighted
 from medsec.errors import MedsecError
 
 
@@ -129,8 +128,8 @@ class MGMRecipe(Recipe):
         scale = gaussian_scale(ex.get("cholesky"))
         task = task_of(defence, x, y)
         sched = ramp(self.lam_start, self.lam)
-        loss: Loss = Margin(self.kappa) + Weighted(feature_distance_term(mean, scale), sched)
-        succ = system_success(defence) if task == "classification" else None
+        loss: Loss = Selective(Margin(self.kappa), feature_distance_term(mean, scale), sched)
+        succ = accepted_by(defence) if is_detector(defence) else None
         kw: dict[str, Any] = {"grad_model": clf, "success": succ, "seed": self.seed}
         attacks: list[tuple[str, Attack]] = [
             ("apgd-margin+l2mean", APGD(eps=self.eps, steps=self.steps, restarts=self.restarts, loss=loss, **kw)),
@@ -139,7 +138,7 @@ class MGMRecipe(Recipe):
         ]
         if self.exact and callable(getattr(defence, "score", None)):
             # strategy 1 without the simplification: the detector's own score, scaled by its clean spread
-            exact: Loss = Margin(self.kappa) + Weighted(detector_term(defence, _score_scale(defence, x)), sched)
+            exact: Loss = Selective(Margin(self.kappa), detector_term(defence, _score_scale(defence, x)), sched)
             attacks.append(("apgd-margin+score", APGD(eps=self.eps, steps=self.steps, restarts=self.restarts,
                                                       loss=exact, success=succ, seed=self.seed)))
         finding = _top_finding(defence, x) if task == "multilabel" else None
@@ -198,7 +197,7 @@ class GMMRecipe(Recipe):
         # stage 2: convince classifier and class-t Gaussian
         loss: Loss = Margin(self.kappa) + Weighted(class_mean_term(means, scales), ramp(self.lam_start, self.lam))
         kw: dict[str, Any] = {"loss": loss, "grad_model": clf, "targeted": True,
-                              "success": targeted_system_success(defence), "seed": self.seed}
+                              "success": accepted_by(defence), "seed": self.seed}
         attacks: list[tuple[str, Attack]] = [
             ("apgd-targeted+l2classmean", APGD(eps=self.eps, steps=self.steps, restarts=self.restarts, **kw)),
             ("pgd-targeted+l2classmean", PGD(eps=self.eps, steps=self.steps, restarts=self.restarts,
@@ -218,7 +217,7 @@ class GMMRecipe(Recipe):
                                                         ramp(self.lam_start, self.lam))
             attacks.append(("apgd-targeted+class-score", APGD(
                 eps=self.eps, steps=self.steps, restarts=self.restarts, loss=exact, targeted=True,
-                success=targeted_system_success(defence), seed=self.seed)))
+                success=accepted_by(defence), seed=self.seed)))
         res = BestOf(attacks, objective=lambda xa, _t: quality(defence, xa, y, "classification")).run(defence, x, target)
         out = _finish(res, defence, y, "classification")
         out.info["target"] = target
@@ -227,10 +226,10 @@ class GMMRecipe(Recipe):
 
 class EnsembleRecipe(Recipe):
     """Levy et al. 4.3: eq. 3 (one step, eps * mean of the members' gradient signs), then the same update
-    iterated with restarts (strategies 3 and 4) for the images the single step did not break."""
+    iterated with restarts (strategies 3 and 4), and APGD on the averaged ensemble; best per image kept."""
 
     name = "ensemble-adaptive"
-    strategies = ("wisdom of the crowd (eq. 3)", "incremental", "restarts")
+    strategies = ("wisdom of the crowd (eq. 3)", "incremental (APGD)", "restarts")
 
     def __init__(self, eps: float, steps: int = 20, restarts: int = 2, seed: int | None = 0) -> None:
         super().__init__(eps, steps, restarts, seed)
@@ -243,6 +242,8 @@ class EnsembleRecipe(Recipe):
             ("eq3-fgsm-sign-average", sign_average(members, self.eps, steps=1, seed=self.seed)),
             ("eq3-iterated", sign_average(members, self.eps, steps=self.steps, restarts=self.restarts,
                                           seed=self.seed)),
+            # strategy 3 on the averaged ensemble itself (white box): APGD's step-size schedule
+            ("apgd-ce-ensemble", APGD(eps=self.eps, steps=self.steps, restarts=self.restarts, seed=self.seed)),
         ]
         res = BestOf(attacks, task=task).run(defence, x, y)
         return _finish(res, defence, y, task)
@@ -319,7 +320,7 @@ class DetectorRecipe(Recipe):
             s = score(x).float()
         scale = float(s.std().clamp_min(1e-6)) if s.numel() > 1 else 1.0
         loss: Loss = Margin(self.kappa) + Weighted(detector_term(defence, scale), ramp(0.1 * self.lam, self.lam))
-        succ = system_success(defence) if task == "classification" else None
+        succ = accepted_by(defence) if is_detector(defence) else None
         kw: dict[str, Any] = {"loss": loss, "success": succ, "seed": self.seed}
         attacks: list[tuple[str, Attack]] = [
             ("apgd-margin+score", APGD(eps=self.eps, steps=self.steps, restarts=self.restarts, **kw)),

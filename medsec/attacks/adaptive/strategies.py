@@ -89,24 +89,13 @@ def correct_predictions(outputs: Tensor, y: Tensor, task: str, finding: Tensor |
     return d > dice_threshold
 
 
-def system_success(defence: Any, task: str = "classification") -> SuccessFn:
-    """Attack success against a defended system: the input is ACCEPTED by the detector (if any) and
-    misclassified. Usable as an attack's ``success=`` (classification; y may be targets when targeted:
-    then success is 'predicted as the target and accepted')."""
-    if task != "classification":
-        raise MedsecError("system_success is defined for class labels; other tasks use the attack's own goal")
+def accepted_by(defence: Any) -> SuccessFn:
+    """Success condition for attacks on a defended system: the defence's detector (if any) ACCEPTS x_adv.
+    Pass it as an attack's ``success=``: the attack's own goal (misclassified, target reached, finding
+    flipped, Dice dropped) must hold as well, so success means "fooled and let through"."""
 
     def fn(outputs: Tensor, x_adv: Tensor, y: Tensor) -> Tensor:
-        return (outputs.argmax(1) != y) & ~rejected(defence, x_adv)
-
-    return fn
-
-
-def targeted_system_success(defence: Any) -> SuccessFn:
-    """Targeted version of :func:`system_success`: predicted as the target (y = targets) and accepted."""
-
-    def fn(outputs: Tensor, x_adv: Tensor, y: Tensor) -> Tensor:
-        return (outputs.argmax(1) == y) & ~rejected(defence, x_adv)
+        return ~rejected(defence, x_adv)
 
     return fn
 
