@@ -5,7 +5,8 @@ Every recipe is called like an attack on the DEFENCE: ``recipe(defence, x, y) ->
 judges success on the defended system (accepted by the detector and misclassified). Detector thresholds
 are never touched. :func:`recipe_for` picks the recipe from the exposed parts, not from class names.
 
-- :class:`MGMRecipe` (4.1): classification loss + lambda * ||f(x) - mu||^2 (eq. 2), APGD + PGD, best kept.
+- :class:`MGMRecipe` (4.1): classification loss, then (once fooled) + lambda * ||f(x) - mu||^2 (eq. 2), APGD +
+  PGD, best kept.
 - :class:`GMMRecipe` (4.2): two stages — leave the true class for the nearest fooling class, then make the
   classifier and that class's Gaussian accept the sample (L2 stand-in to the class mean).
 - :class:`EnsembleRecipe` (4.3): eq. 3, eps * mean_i sign(grad L_i), then iterated with restarts.
@@ -41,7 +42,7 @@ from medsec.attacks.adaptive.strategies import (
 from medsec.attacks.apgd import APGD
 from medsec.attacks.core import Attack, AttackResult, check_eps, check_images, check_positive_int
 from medsec.attacks.engine import PGD
-from medsec.attacks.losses import ExtraTerm, Loss, Margin, Selective, Weighted
+from medsec.attacks.losses import ExtraTerm, Loss, Margin, Selective
 from medsec.errors import MedsecError
 
 
@@ -105,9 +106,10 @@ def _finish(res: AttackResult, defence: nn.Module, y: Tensor, task: str, finding
 class MGMRecipe(Recipe):
     """Levy et al. 4.1: evade the MGM detector and fool the classifier at once.
 
-    Loss = margin (capped at kappa, so a misclassified sample stops being pushed further) + lambda(t) *
-    (-||f(x) - mu||^2 / tr(Sigma)), the stable stand-in for the log-likelihood (eq. 2); lambda ramps from
-    lam_start to lam over the first half of the steps. Optimised by APGD and by PGD with restarts; the best
+    Loss = margin (capped at kappa, so a misclassified sample stops being pushed further), plus, once the
+    sample is misclassified (``Selective``: first fool, then evade), lambda(t) * (-||f(x) - mu||^2 / tr(Sigma)),
+    the stable stand-in for the log-likelihood (eq. 2); lambda ramps from lam_start to lam over the first half
+    of the steps. Optimised by APGD and by PGD with restarts; the best
     sample per image (accepted and wrong first) is kept. With exact=True a third attack adds the detector's own
     score instead of the stand-in (strategy 1 unsimplified), in case the stand-in misses low-variance
     directions of Sigma. For multi-label victims the top clean finding is attacked (Li & Zhu)."""
@@ -163,8 +165,8 @@ class GMMRecipe(Recipe):
 
     Stage 1 (stage1_steps of untargeted margin PGD on the classifier) finds the nearest fooling class t per
     image (the highest non-true logit at the stage-1 point). Stage 2 is a targeted attack towards t whose loss
-    is the targeted margin (capped at kappa) plus lambda(t) * (-||f(x) - mu_t||^2 / tr(Sigma_t)), the L2
-    stand-in for class t's Gaussian, with APGD and PGD + restarts; with exact=True a third attack uses the
+    is the targeted margin (capped at kappa) plus, once t is predicted (``Selective``), lambda(t) *
+    (-||f(x) - mu_t||^2 / tr(Sigma_t)), the L2 stand-in for class t's Gaussian, with APGD and PGD + restarts; with exact=True a third attack uses the
     exposed ``class_score(x, t)`` (the detector's own score for class t) instead of the stand-in. The best
     sample per image is kept."""
 
@@ -195,7 +197,7 @@ class GMMRecipe(Recipe):
         z1 = z1.masked_fill(torch.nn.functional.one_hot(y, z1.shape[1]).bool(), -math.inf)
         target = z1.argmax(1)
         # stage 2: convince classifier and class-t Gaussian
-        loss: Loss = Margin(self.kappa) + Weighted(class_mean_term(means, scales), ramp(self.lam_start, self.lam))
+        loss: Loss = Selective(Margin(self.kappa), class_mean_term(means, scales), ramp(self.lam_start, self.lam))
         kw: dict[str, Any] = {"loss": loss, "grad_model": clf, "targeted": True,
                               "success": accepted_by(defence), "seed": self.seed}
         attacks: list[tuple[str, Attack]] = [
@@ -213,8 +215,8 @@ class GMMRecipe(Recipe):
             def exact_fn(out: Tensor, feats: Tensor | None, xa: Tensor, t: Tensor) -> Tensor:
                 return -class_score(xa, t).reshape(-1).float() / spread
 
-            exact: Loss = Margin(self.kappa) + Weighted(ExtraTerm(exact_fn, needs_features=False, name="class-score"),
-                                                        ramp(self.lam_start, self.lam))
+            exact: Loss = Selective(Margin(self.kappa), ExtraTerm(exact_fn, needs_features=False, name="class-score"),
+                                    ramp(self.lam_start, self.lam))
             attacks.append(("apgd-targeted+class-score", APGD(
                 eps=self.eps, steps=self.steps, restarts=self.restarts, loss=exact, targeted=True,
                 success=accepted_by(defence), seed=self.seed)))
@@ -302,8 +304,8 @@ class RBFRecipe(Recipe):
 
 
 class DetectorRecipe(Recipe):
-    """Generic expanded-loss attack on any detector with a differentiable score: margin (capped) + lambda(t)
-    * (-score(x) / scale), scale = the spread of the clean scores; APGD and PGD with restarts, best kept."""
+    """Generic expanded-loss attack on any detector with a differentiable score: margin (capped), plus once
+    misclassified lambda(t) * (-score(x) / scale), scale = the spread of the clean scores; APGD and PGD with restarts, best kept."""
 
     name = "detector-adaptive"
     strategies = ("expand loss (detector score)", "incremental (APGD)", "restarts")
@@ -319,7 +321,7 @@ class DetectorRecipe(Recipe):
         with torch.no_grad():
             s = score(x).float()
         scale = float(s.std().clamp_min(1e-6)) if s.numel() > 1 else 1.0
-        loss: Loss = Margin(self.kappa) + Weighted(detector_term(defence, scale), ramp(0.1 * self.lam, self.lam))
+        loss: Loss = Selective(Margin(self.kappa), detector_term(defence, scale), ramp(0.1 * self.lam, self.lam))
         succ = accepted_by(defence) if is_detector(defence) else None
         kw: dict[str, Any] = {"loss": loss, "success": succ, "seed": self.seed}
         attacks: list[tuple[str, Attack]] = [
