@@ -65,6 +65,7 @@ class VictimConfig(_Strict):
 class GMMDefenceConfig(_Strict):
     """GMM (Li, Pan & Zhu 2021): SSAT fine-tuning of the victim, then per-class Gaussians."""
 
+    covariance: str = Field("tied", pattern="^(per-class|tied)$")  # tied: one within-class covariance
     ssat_epochs: int = Field(5, ge=0)  # 0 = detector only
     ssat_weight: float = Field(3.0, ge=0)  # weight of CE on the FGSM images (their code: 3)
     ssat_eps: tuple[float, float] = (0.001, 0.003)  # FGSM eps ~ U(low, high) per batch (their code)
@@ -100,6 +101,7 @@ class DefencesConfig(_Strict):
 
     fpr: float = Field(0.05, gt=0, lt=1)
     mgm_reg: float = Field(1e-3, ge=0)  # lambda = mgm_reg * mean feature variance
+    covariance_shrinkage: str = Field("ledoit-wolf", pattern="^(none|ledoit-wolf)$")  # MGM/GMM covariance
     ocsvm_nu: float = Field(0.1, gt=0, le=1)
     iso_estimators: int = Field(100, ge=1)
     gmm: GMMDefenceConfig = GMMDefenceConfig()

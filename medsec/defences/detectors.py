@@ -106,7 +106,7 @@ class MGM(FeatureDetector):
     """Li & Zhu's multivariate Gaussian model: score = -log N(f(x); mu, Sigma) via the Cholesky factor.
 
     reg/relative: the covariance regulariser lambda (see medsec.defences.gaussian; default
-    lambda = 1e-3 * mean feature variance). Also exposes ``mean`` (mu, float32: the centre Levy et al.'s
+    lambda = 1e-3 * mean feature variance); shrinkage: "none" or "ledoit-wolf" (``Gaussian.fit``). Also exposes ``mean`` (mu, float32: the centre Levy et al.'s
     L2 stand-in ||f(x) - mu||^2 pulls towards), ``cholesky`` (L, Sigma = L L^T) and ``gaussian``.
     """
 
@@ -114,9 +114,9 @@ class MGM(FeatureDetector):
     EXPOSES: ClassVar[tuple[str, ...]] = FeatureDetector.EXPOSES + ("mean", "cholesky", "gaussian")
 
     def __init__(self, classifier: nn.Module, fpr: float = 0.05, batch_size: int = 256, reg: float = 1e-3,
-                 relative: bool = True) -> None:
+                 relative: bool = True, shrinkage: str = "ledoit-wolf") -> None:
         super().__init__(classifier, fpr, batch_size)
-        self.reg, self.relative = float(reg), bool(relative)
+        self.reg, self.relative, self.shrinkage = float(reg), bool(relative), str(shrinkage)
         self.gaussian = Gaussian()
 
     @property
@@ -130,7 +130,7 @@ class MGM(FeatureDetector):
         return self.gaussian.cholesky
 
     def _fit_features(self, feats: torch.Tensor) -> None:
-        self.gaussian.fit(feats, self.reg, self.relative)
+        self.gaussian.fit(feats, self.reg, self.relative, self.shrinkage)
 
     def score_features(self, feats: torch.Tensor) -> torch.Tensor:
         return -self.gaussian.log_prob(feats)
@@ -141,7 +141,7 @@ class MGM(FeatureDetector):
         return self.gaussian.log_prob(self.classifier.features(x))
 
     def _params(self) -> dict[str, Any]:
-        return {"reg": self.reg, "relative": self.relative}
+        return {"reg": self.reg, "relative": self.relative, "shrinkage": self.shrinkage}
 
 
 @register_defence

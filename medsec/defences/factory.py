@@ -46,14 +46,15 @@ def _build(cfg: ExperimentConfig, name: str, victim: Victim, seed: int) -> Defen
     net_args = {"in_channels": meta["in_channels"], "num_outputs": meta["num_outputs"], "task": meta["task"],
                 "width": meta["width"], "depth": meta["depth"], "mean": meta["mean"], "std": meta["std"]}
     if name == "mgm":
-        return MGM.from_victim(victim, fpr=dc.fpr, reg=dc.mgm_reg)
+        return MGM.from_victim(victim, fpr=dc.fpr, reg=dc.mgm_reg, shrinkage=dc.covariance_shrinkage)
     if name == "iso":
         return ISO.from_victim(victim, fpr=dc.fpr, n_estimators=dc.iso_estimators, seed=seed)
     if name == "ocsvm":
         return OCSVM.from_victim(victim, fpr=dc.fpr, nu=dc.ocsvm_nu)
     if name == "gmm":
         g = dc.gmm
-        return GMM.from_victim(victim, fpr=dc.fpr, reg=dc.mgm_reg, ssat_epochs=g.ssat_epochs,
+        return GMM.from_victim(victim, fpr=dc.fpr, reg=dc.mgm_reg, shrinkage=dc.covariance_shrinkage,
+                               covariance=g.covariance, ssat_epochs=g.ssat_epochs,
                                ssat_weight=g.ssat_weight, ssat_eps=g.ssat_eps, ssat_lr=g.ssat_lr)
     if name == "ensemble":
         e = dc.ensemble

@@ -3,7 +3,8 @@
 Li & Zhu fit Sigma = (1/n) sum (y - mu)(y - mu)^T + lambda * I and evaluate log N(y; mu, Sigma) through the
 Cholesky factor Sigma = L L^T (never forming Sigma^-1):
 log p = -1/2 [2 sum_i log L_ii + ||L^-1 (y - mu)||^2 + d log(2 pi)].
-The paper does not publish lambda. Default here: lambda = reg * (mean feature variance) with reg = 1e-3,
+The paper does not publish lambda (nor how the covariance is estimated; ``shrinkage="ledoit-wolf"`` is an
+option, see ``fit``). Default here: lambda = reg * (mean feature variance) with reg = 1e-3,
 so the regulariser scales with the features; ``relative=False`` makes lambda = reg in absolute units.
 A singular covariance (dead ReLU features, fewer samples than dimensions) is handled by the regulariser;
 should the factorisation still fail numerically, lambda is multiplied by 10 until it succeeds (at most
@@ -18,6 +19,8 @@ import torch
 from torch import nn
 
 from medsec.errors import MedsecError
+
+SHRINKAGE = ("none", "ledoit-wolf")
 
 
 class Gaussian(nn.Module):
@@ -38,17 +41,31 @@ class Gaussian(nn.Module):
         """Feature dimension D (0 before fitting)."""
         return int(self.mean.numel())
 
-    def fit(self, features: torch.Tensor, reg: float = 1e-3, relative: bool = True) -> Gaussian:
-        """Estimate mean and regularised covariance from (n, D) features (biased 1/n covariance, as the paper)."""
+    def fit(self, features: torch.Tensor, reg: float = 1e-3, relative: bool = True,
+            shrinkage: str = "none") -> Gaussian:
+        """Estimate mean and regularised covariance from (n, D) features (biased 1/n covariance, as the paper).
+
+        shrinkage="ledoit-wolf" first shrinks the empirical covariance towards (tr/D) I by Ledoit & Wolf's
+        (2004) data-driven amount: with about as many samples as dimensions (a few hundred images per class
+        against 128-1024 features) the empirical estimate overfits its training images, and held-out clean
+        images then look anomalous (medsec measured 19-25 % of clean validation/test images rejected at a
+        5 %-of-training threshold, GMM on the quick oct victim)."""
         f = features.detach().to(torch.float64)
         if f.ndim != 2 or f.shape[0] < 2:
             raise MedsecError(f"Gaussian.fit needs (n >= 2, D) features, got shape {tuple(f.shape)}")
         if reg < 0:
             raise MedsecError(f"regulariser must be >= 0, got {reg}")
+        if shrinkage not in SHRINKAGE:
+            raise MedsecError(f"covariance shrinkage must be one of {', '.join(SHRINKAGE)}, got {shrinkage!r}")
         mu = f.mean(0)
         c = f - mu
         cov = c.T @ c / f.shape[0]
         d = cov.shape[0]
+        if shrinkage == "ledoit-wolf":
+            from sklearn.covariance import ledoit_wolf_shrinkage
+
+            a = float(ledoit_wolf_shrinkage(c.numpy(), assume_centered=True))
+            cov = (1.0 - a) * cov + a * (torch.diagonal(cov).mean()) * torch.eye(d, dtype=torch.float64)
         scale = float(torch.diagonal(cov).mean()) if relative else 1.0
         lam = reg * max(scale, 1e-12)
         eye = torch.eye(d, dtype=torch.float64)

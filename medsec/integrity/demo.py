@@ -77,6 +77,8 @@ def tamper_demo(
     if (key is None) != (cert is None):
         raise MedsecError("tamper_demo: give both key and cert, or neither")
     if key is None or cert is None:
+        # the demo's own throwaway signer: a rerun into the same folder replaces it (and its trust store)
+        shutil.rmtree(work / "keys", ignore_errors=True)
         k = keygen(work / "keys", name="modality", common_name="Modality signer (tamper demo)")
         key, cert, trust = k.key, k.cert, k.trust_dir
     if trust is None:

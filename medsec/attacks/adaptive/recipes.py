@@ -26,8 +26,8 @@ from torch import Tensor, nn
 
 from medsec.attacks.adaptive.strategies import (
     BestOf,
-    accepted_by,
     SurrogateTransfer,
+    accepted_by,
     class_mean_term,
     detector_term,
     exposed,
