@@ -339,7 +339,8 @@ class BestOf(Attack):
 
 class SurrogateTransfer(Attack):
     """Strategy 5 for limited knowledge (Levy et al. 4.4): craft on an ensemble of surrogate models of the
-    defence's architecture (sign-averaged gradients, eq. 3, iterated), run several restarts, and keep per
+    defence's architecture (sign-averaged gradients, eq. 3, iterated; and momentum on their summed loss), run
+    several restarts, and keep per
     image the candidate that is most effective ON THE SURROGATES (highest mean surrogate loss among those
     fooling the most surrogates). The victim is never queried while crafting; it only judges the result."""
 
@@ -362,6 +363,9 @@ class SurrogateTransfer(Attack):
         for r in range(self.restarts):
             out.append(sign_average(self.surrogates, self.eps, steps=self.steps, loss=self.attack_loss,
                                     random_start=r > 0, seed=None if self.seed is None else self.seed + r))
+        # momentum on the ensemble's summed loss (Dong et al. 2018): their recipe for transferable examples
+        out.append(MIM(eps=self.eps, steps=self.steps, loss=self.attack_loss, grad_model=self.surrogates,
+                       seed=self.seed))
         return [a.run(self.surrogates[0], x, y).x_adv for a in out]
 
     @torch.no_grad()
