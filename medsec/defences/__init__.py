@@ -6,6 +6,7 @@ trained members), Denoiser (embedded denoising auto-encoder), RBF (kernelized ma
 
 from medsec.defences.base import (
     REGISTRY,
+    ClassifierDetector,
     Defence,
     Detector,
     NotFittedError,
@@ -25,7 +26,7 @@ from medsec.defences.rbf import RBF, KernelizedManifoldMapping, build_rbf_model
 
 __all__ = [
     "DETECTORS", "GMM", "ISO", "MGM", "OCSVM", "RBF", "REGISTRY", "Defence", "DenoisingAutoEncoder",
-    "DenoisingClassifier", "Denoiser", "Detector", "Ensemble", "FeatureDetector", "Gaussian",
+    "ClassifierDetector", "DenoisingClassifier", "Denoiser", "Detector", "Ensemble", "FeatureDetector", "Gaussian",
     "KernelizedManifoldMapping", "NotFittedError", "TrainedNetworkDefence", "adversarial_risk", "attach_spec",
     "build_network", "build_rbf_model", "defended_accuracy", "fgsm_training_loss", "handled", "load_defence",
     "network_spec", "spec_from_meta",

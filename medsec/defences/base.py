@@ -195,6 +195,22 @@ class Detector(Defence):
         return float(self.threshold)
 
 
+class ClassifierDetector(Detector):
+    """A detector beside an unchanged classifier that has ``features(x)``: predictions are the classifier's,
+    and the features it reads are exposed as ``feature_extractor`` (MGM, ISO, OCSVM, GMM)."""
+
+    classifier: Any  # a Classifier-like nn.Module (features, forward_features, head)
+
+    @property
+    def feature_extractor(self) -> Any:
+        """images -> (N, D) final hidden features (differentiable)."""
+        return self.classifier.features
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_fitted("predict")
+        return self.classifier(x)
+
+
 class TrainedNetworkDefence(Defence):
     """A defence that is a network of its own, trained on the clean data by `fit` (RBF, Denoiser)."""
 

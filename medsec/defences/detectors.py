@@ -19,20 +19,19 @@ import torch
 from torch import nn
 
 from medsec.data.base import MedicalDataset
-from medsec.defences.base import Detector, batched, module_device, register_defence
+from medsec.defences.base import ClassifierDetector, batched, module_device, register_defence
 from medsec.defences.gaussian import Gaussian
 from medsec.defences.nets import attach_spec, build_network, network_spec, spec_from_meta
 from medsec.errors import MedsecError
 
 
-class FeatureDetector(Detector):
+class FeatureDetector(ClassifierDetector):
     """Detector on ``classifier.features(x)``; prediction is the unchanged classifier.
 
     Exposes ``classifier``, ``feature_extractor`` (images -> (N, D) features), ``score``, ``threshold``.
     """
 
     EXPOSES: ClassVar[tuple[str, ...]] = ("classifier", "feature_extractor", "score", "threshold")
-    classifier: Any  # a Classifier-like nn.Module (features, forward_features, head)
 
     def __init__(self, classifier: nn.Module, fpr: float = 0.05, batch_size: int = 256) -> None:
         super().__init__(fpr)
@@ -47,15 +46,6 @@ class FeatureDetector(Detector):
         """Wrap a foundation `Victim` (its model and checkpoint metadata)."""
         attach_spec(victim.model, spec_from_meta(victim.meta))
         return cls(victim.model, **kwargs)
-
-    @property
-    def feature_extractor(self) -> Any:
-        """images -> (N, D) final hidden features (differentiable)."""
-        return self.classifier.features
-
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_fitted("predict")
-        return self.classifier(x)
 
     def fit(self, data: MedicalDataset, **kwargs: Any) -> FeatureDetector:
         """Fit the detector on features of the clean training images and fix the threshold."""

@@ -31,7 +31,7 @@ from torch import nn
 
 from medsec.config import TrainConfig
 from medsec.data.base import MedicalDataset
-from medsec.defences.base import Detector, batched, module_device, register_defence
+from medsec.defences.base import ClassifierDetector, batched, module_device, register_defence
 from medsec.defences.ensemble import fgsm_training_loss
 from medsec.defences.gaussian import Gaussian
 from medsec.defences.nets import attach_spec, build_network, network_spec, spec_from_meta
@@ -39,7 +39,7 @@ from medsec.errors import MedsecError
 
 
 @register_defence
-class GMM(Detector):
+class GMM(ClassifierDetector):
     """SSAT classifier + class-conditional Gaussian detector.
 
     Exposes ``classifier``, ``feature_extractor``, ``gaussians`` (nn.ModuleList of per-class ``Gaussian``;
@@ -52,7 +52,6 @@ class GMM(Detector):
     EXPOSES: ClassVar[tuple[str, ...]] = ("classifier", "feature_extractor", "gaussians", "class_offsets",
                                           "class_score", "score", "threshold")
     class_offsets: torch.Tensor
-    classifier: Any  # a Classifier-like nn.Module (features, forward_features, head)
 
     def __init__(self, classifier: nn.Module, num_classes: int, fpr: float = 0.05, reg: float = 1e-3,
                  shrinkage: str = "ledoit-wolf", covariance: str = "tied", ssat_epochs: int = 5,
@@ -79,15 +78,6 @@ class GMM(Detector):
         net = copy.deepcopy(victim.model)
         attach_spec(net, spec_from_meta(victim.meta))
         return cls(net, victim.data.info.num_outputs, **kwargs)
-
-    @property
-    def feature_extractor(self) -> Any:
-        """images -> (N, D) last-hidden-layer features."""
-        return self.classifier.features
-
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_fitted("predict")
-        return self.classifier(x)
 
     def class_log_likelihoods(self, feats: torch.Tensor) -> torch.Tensor:
         """(N, K) log N(f; mu_c, Sigma_c) for every class c."""
