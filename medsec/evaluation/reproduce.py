@@ -359,6 +359,19 @@ def run_levy(cfg: ExperimentConfig, out_dir: str | Path) -> Path:
     return out
 
 
+def verdict(c: dict[str, Any]) -> str:
+    """What a row says about its defence, from its numbers: broken (the adaptive attack reaches the paper's
+    value), the victim itself resists the eps (floor above it: inconclusive at this scale), or the defence
+    holds at this budget (the undefended victim falls, the defended system does not)."""
+    bound = c["targets"]["paper_bound"]
+    if c["adaptive_attack_with_defence"] <= bound:
+        return "broken"
+    floor = c.get("strong_attack_no_defence")
+    if floor is not None and floor > bound:
+        return "victim resists this eps"
+    return "defence holds at this budget"
+
+
 def levy_report(cells: list[dict[str, Any]], prov: dict[str, Any], cfg: ExperimentConfig, out: Path,
                 clean: list[dict[str, Any]] | None = None, integrity: str | None = None) -> Report:
     """The clean baseline, Tables 1 and 2 beside the paper's numbers, per-row figures and notes, the signed-DICOM
@@ -368,8 +381,8 @@ def levy_report(cells: list[dict[str, Any]], prov: dict[str, Any], cfg: Experime
     rep = Report(f"medsec security evaluation (profile {cfg.profile}): Levy et al. 2022 Tables 1 and 2, adaptive "
                  "attacks on five defences")
     rep.add("Data", "<p class='synthetic'>Computed on medsec's <b>embedded synthetic</b> phantoms with scaled-down "
-            "networks (see the config below), not on the paper's patient data: compare the pattern (the defence "
-            "holds against the original attack and falls to the adaptive one), not the digits.</p>")
+            "networks (see the config below), not on the paper's patient data: compare the pattern (does the defence "
+            "hold against its original attack, does it fall to the adaptive one), not the digits.</p>")
     rep.add("How to read", "Accuracy in percent; Dice 0-100. *Clean*: the defended system on clean inputs. "
             "A detector (MGM, GMM) handles an adversarial input when it rejects it or the prediction stays "
             "correct, a clean input when it accepts it and the prediction is correct; its threshold rejects 5% "
@@ -389,12 +402,13 @@ def levy_report(cells: list[dict[str, Any]], prov: dict[str, Any], cfg: Experime
 
     rows = [[c["id"], c["metric"], f"{c['eps']:g}", c["n_test"], *[both(c, k) for k in COLUMNS],
              f"{c['strong_attack_no_defence']:.1f}" if "strong_attack_no_defence" in c else "-",
-             "yes" if c["targets"]["met"] else "**no**"] for c in cells]
+             verdict(c), "yes" if c["targets"]["met"] else "**no**"] for c in cells]
     rep.add("Table 1", "The *floor* column is a diagnostic, not in the paper: APGD with the adaptive attacks' step "
             "budget on the undefended victim; an adaptive attack on the defended system cannot be expected to go "
             "below it.\n\n" + markdown_table(
                 ["row", "metric", "eps", "n", "Clean", "Original attack, no defence", "Original attack, with defence",
-                 "Adaptive attack, with defence", "floor: strong attack, no defence", "issue target met"], rows))
+                 "Adaptive attack, with defence", "floor: strong attack, no defence", "verdict", "issue target met"],
+                rows))
     t2 = [[c["id"], c["table2"]["metric"], *[both(c, k, c["table2"]) for k in COLUMNS]]
           for c in cells if "table2" in c]
     if t2:

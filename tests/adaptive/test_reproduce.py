@@ -89,6 +89,20 @@ def test_targets_rule():
     assert ens["met"] and ens["paper_bound"] == 2.0
 
 
+def test_verdict_separates_broken_resisting_victim_and_holding_defence():
+    """The verdict column reads the floor (strongest attack on the undefended victim) against the paper's bound."""
+    def row(adaptive, floor):
+        r = {"defence": "rbf", "paper": {"adaptive_attack_with_defence": 22.9}, "original_attack_no_defence": 40.0,
+             "original_attack_with_defence": 70.0, "adaptive_attack_with_defence": adaptive,
+             "strong_attack_no_defence": floor}
+        r["targets"] = rp.check_targets(r)
+        return rp.verdict(r)
+
+    assert row(10.0, 0.0) == "broken"
+    assert row(60.0, 50.0) == "victim resists this eps"
+    assert row(60.0, 0.0) == "defence holds at this budget"
+
+
 def test_every_table1_row_is_defined_once():
     assert len(rp.ROWS) == 8 and len(set(rp.ROW_IDS)) == 8
     assert {(r.defence, r.dataset) for r in rp.ROWS} == {
