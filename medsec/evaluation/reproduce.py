@@ -264,9 +264,11 @@ def compute_row(cfg: ExperimentConfig, row: Row, fig_dir: Path) -> dict[str, Any
         oa = _original_attack(row, e, task, rc.original_steps, cfg.seed, surrogate)
         xo = oa(plain if row.original == "transfer" else defence, xc, yc)
         curve["original attack"].append((e, _pct(system(xo, adversarial=True))))
-        xa = recipe_for(defence, e, **{**opts, "steps": max(10, rc.steps // 2)})(defence, xc, yc)
+        xa = recipe_for(defence, e, **{**opts, "steps": curve_steps(rc.steps)})(defence, xc, yc)
         curve["adaptive attack"].append((e, _pct(system(xa, adversarial=True))))
     result["curves"] = {k: sorted(v) for k, v in curve.items()}
+    result["curve_note"] = (f"at eps {row.eps:g} the table's values ({n} images); the other eps points use the "
+                            f"first {nc} images and a {curve_steps(rc.steps)}-step adaptive attack")
     k = min(rc.n_samples, n)
     strip = sample_strip(x[:k].cpu(), x_adapt[:k].cpu(), row.eps, fig_dir / f"{row.id}-samples.png",
                          title=f"{row.id}: adaptive attack, eps={row.eps:g}")
@@ -274,6 +276,11 @@ def compute_row(cfg: ExperimentConfig, row: Row, fig_dir: Path) -> dict[str, Any
     result["seconds"] = round(time.perf_counter() - t0, 1)
     result["targets"] = check_targets(result)
     return result
+
+
+def curve_steps(steps: int) -> int:
+    """The adaptive attack's budget at the curves' extra eps points: a third of the table's, at least 10."""
+    return max(10, steps // 3)
 
 
 def check_targets(r: dict[str, Any]) -> dict[str, Any]:
@@ -460,6 +467,8 @@ def levy_report(cells: list[dict[str, Any]], prov: dict[str, Any], cfg: Experime
         cp = metric_curves(c["curves"], fig_dir / f"{c['id']}-curves.png", ylabel,
                            title=f"{c['id']}: with defence", eps_mark=c["eps"])
         body += f"![curves](figures/{cp.name})\n\n"
+        if "curve_note" in c:
+            body += f"Curves: {c['curve_note']}.\n\n"
         if "table2" in c and "roc" in c["table2"]:
             rp = roc_figure({k: (v[0], v[1]) for k, v in c["table2"]["roc"].items()},
                             fig_dir / f"{c['id']}-roc.png", title=f"{c['id']}: detection ROC")
