@@ -107,17 +107,19 @@ def _outputs(model: nn.Module, x: Tensor, bs: int = 64) -> Tensor:
 
 
 def handled_scores(model: nn.Module, x: Tensor, y: Tensor, task: str, *, adversarial: bool,
-                   finding: Tensor | None = None, detector: Any = None) -> np.ndarray:
+                   finding: Tensor | None = None, detector: Any = None,
+                   rejected_mask: Tensor | None = None) -> np.ndarray:
     """Per input in [0, 1]: 1 when the system handles it (see the module docstring), Dice for segmentation.
 
-    detector: a defence with ``detect`` whose threshold was fixed at fit time (None = no detector)."""
+    detector: a defence with ``detect`` whose threshold was fixed at fit time (None = no detector);
+    rejected_mask: its verdicts on x when already computed (saves a detector pass)."""
     z = _outputs(model, x)
     if task == "segmentation":
         return dice(z, y)
     ok = correct_predictions(z, y, task, finding).cpu()
     if detector is None or not is_detector(detector):
         return ok.numpy().astype(float)
-    rej = rejected(detector, x).cpu()
+    rej = (rejected(detector, x) if rejected_mask is None else rejected_mask).cpu()
     return ((rej | ok) if adversarial else (~rej & ok)).numpy().astype(float)
 
 
@@ -180,11 +182,13 @@ def compute_row(cfg: ExperimentConfig, row: Row, fig_dir: Path) -> dict[str, Any
     x = data.test.images(slice(0, n)).to(device)
     y = data.test.target_tensor(slice(0, n)).to(device)
     det = defence if is_detector(defence) else None
-    finding = _outputs(plain, x).argmax(1) if task == "multilabel" else None
+    z_plain = _outputs(plain, x)
+    finding = z_plain.argmax(1) if task == "multilabel" else None
 
-    def system(xa: Tensor, adversarial: bool, model: nn.Module = defence, d: Any = det) -> np.ndarray:
-        return handled_scores(model, xa, y[:xa.shape[0]], task, adversarial=adversarial,
-                              finding=None if finding is None else finding[:xa.shape[0]], detector=d)
+    def system(xa: Tensor, adversarial: bool, rej: Tensor | None = None) -> np.ndarray:
+        return handled_scores(defence, xa, y[:xa.shape[0]], task, adversarial=adversarial,
+                              finding=None if finding is None else finding[:xa.shape[0]], detector=det,
+                              rejected_mask=rej)
 
     console.print(f"[bold]{row.id}[/]: {victim.meta.get('arch_label', '?')}, defence {row.defence} "
                   f"({'cached' if fd.from_cache else f'fitted in {fd.seconds:.0f}s'}), n={n}, eps={row.eps:g}")
@@ -210,16 +214,19 @@ def compute_row(cfg: ExperimentConfig, row: Row, fig_dir: Path) -> dict[str, Any
     strong = APGD(eps=row.eps, steps=rc.steps, loss="dice" if task == "segmentation" else "margin",
                   seed=cfg.seed, batch_size=64)
     x_strong = strong(plain, x, y)
+    # the detector's verdicts on the table's three image sets, one detector pass each
+    rej = {} if det is None else {"clean": rejected(det, x), "original": rejected(det, x_orig_def),
+                                  "adaptive": rejected(det, x_adapt)}
 
     result: dict[str, Any] = {
         "id": row.id, "defence": row.defence, "dataset": row.dataset, "task": "segmentation"
         if task == "segmentation" else "classification", "victim_task": task,
         "metric": "dice" if task == "segmentation" else "accuracy",
-        "clean": _pct(system(x, adversarial=False)),
+        "clean": _pct(system(x, adversarial=False, rej=rej.get("clean"))),
         "original_attack_no_defence": _pct(handled_scores(plain, x_orig_plain, y, task, adversarial=True,
                                                           finding=finding)),
-        "original_attack_with_defence": _pct(system(x_orig_def, adversarial=True)),
-        "adaptive_attack_with_defence": _pct(system(x_adapt, adversarial=True)),
+        "original_attack_with_defence": _pct(system(x_orig_def, adversarial=True, rej=rej.get("original"))),
+        "adaptive_attack_with_defence": _pct(system(x_adapt, adversarial=True, rej=rej.get("adaptive"))),
         "clean_victim": _pct(handled_scores(plain, x, y, task, adversarial=False, finding=finding)),
         "strong_attack_no_defence": _pct(handled_scores(plain, x_strong, y, task, adversarial=True, finding=finding)),
         "strong_attack": f"APGD ({'Dice' if task == 'segmentation' else 'margin'} loss), {rc.steps} steps, on the "
@@ -231,10 +238,8 @@ def compute_row(cfg: ExperimentConfig, row: Row, fig_dir: Path) -> dict[str, Any
         "threshold": float(defence.threshold) if det is not None else None,  # type: ignore[arg-type]
         "paper": dict(zip(COLUMNS, row.paper, strict=True)),
     }
-    if det is not None:
-        result["rejected_clean"] = _pct(rejected(det, x).cpu().numpy())
-        result["rejected_original"] = _pct(rejected(det, x_orig_def).cpu().numpy())
-        result["rejected_adaptive"] = _pct(rejected(det, x_adapt).cpu().numpy())
+    for images, mask in rej.items():
+        result[f"rejected_{images}"] = _pct(mask.cpu().numpy())
     if det is not None and float(defence.threshold) != result["threshold"]:  # type: ignore[arg-type]
         raise AssertionError("the detector threshold changed during the attacks")  # never refitted
     # Table 2
@@ -242,7 +247,7 @@ def compute_row(cfg: ExperimentConfig, row: Row, fig_dir: Path) -> dict[str, Any
         s_clean, s_orig, s_adapt = _scores(defence, x), _scores(defence, x_orig_def), _scores(defence, x_adapt)
         yl = y.cpu().numpy()
         result["table2"] = {
-            "metric": "AUROC", "clean": round(100 * weighted_auroc(torch.sigmoid(_outputs(plain, x)).cpu(), yl), 2),
+            "metric": "AUROC", "clean": round(100 * weighted_auroc(torch.sigmoid(z_plain).cpu(), yl), 2),
             "original_attack_no_defence": round(100 * weighted_auroc(torch.sigmoid(_outputs(plain, x_orig_plain)).cpu(),
                                                                      yl), 2),
             "original_attack_with_defence": round(100 * detection_auroc(s_clean, s_orig), 2),
