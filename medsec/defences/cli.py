@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from medsec.commands import CacheOpt, DataRootOpt, ProfileOpt
 from medsec.config import ExperimentConfig, cli_config
 from medsec.errors import MedsecError
 
@@ -42,13 +43,12 @@ OUTPUT_NAMES = {"li-zhu-2020": "li_zhu_2020.json"}
 
 def reproduce(
     paper: Annotated[str | None, typer.Option("--paper", help=f"which paper's tables: {', '.join(REPRODUCERS)}")] = None,
-    profile: Annotated[str, typer.Option("--profile", "-p", help="quick, full, or a YAML config file")] = "quick",
+    profile: ProfileOpt = "quick",
     out: Annotated[Path | None, typer.Option("--out", "-o", help="output folder (default reports/<paper>-<profile>)")] = None,
     seed: Annotated[int | None, typer.Option("--seed")] = None,
     device: Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda")] = None,
-    cache_dir: Annotated[str | None, typer.Option("--cache-dir", help="cache folder")] = None,
-    data_root: Annotated[str | None, typer.Option("--data-root", help="real data in its publisher's layout "
-                                                   "(docs/datasets.md)")] = None,
+    cache_dir: CacheOpt = None,
+    data_root: DataRootOpt = None,
     n_images: Annotated[int | None, typer.Option("--n-images", min=1,
                                                  help="at most this many test images (default: the paper's)")] = None,
 ) -> None:
@@ -65,10 +65,10 @@ def reproduce(
 def defend(
     defence: Annotated[str, typer.Option("--defence", help="mgm, iso, ocsvm, gmm, ensemble, denoiser or rbf")],
     dataset: Annotated[str, typer.Option("--dataset", "-d", help="dataset whose victim to defend")],
-    profile: Annotated[str, typer.Option("--profile", "-p", help="quick, full, or a YAML config file")] = "quick",
+    profile: ProfileOpt = "quick",
     out: Annotated[Path | None, typer.Option("--out", "-o", help="also copy the fitted defence here (.pt)")] = None,
     seed: Annotated[int | None, typer.Option("--seed")] = None,
-    cache_dir: Annotated[str | None, typer.Option("--cache-dir", help="cache folder")] = None,
+    cache_dir: CacheOpt = None,
 ) -> None:
     """Fit (or load from the cache) a defence for a dataset's victim and print its clean performance."""
     from medsec.defences.base import defended_accuracy

@@ -79,23 +79,3 @@ def write_image_dicom(
     out.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(out, enforce_file_format=True)
     return out
-
-
-def read_pixels(path: str | Path) -> np.ndarray:
-    """Pixels of a DICOM file as uint8/uint16 (C, H, W) (decoding compressed syntaxes pydicom handles)."""
-    import pydicom
-
-    try:
-        ds = pydicom.dcmread(str(path))
-        arr = np.asarray(ds.pixel_array)
-    except Exception as e:  # pydicom raises many kinds for unreadable pixel data
-        raise MedsecError(f"cannot read pixels of {path}: {e}") from e
-    if arr.ndim == 2:
-        arr = arr[None]
-    elif arr.ndim == 3 and int(getattr(ds, "SamplesPerPixel", 1)) > 1:
-        arr = arr.transpose(2, 0, 1)
-    elif arr.ndim == 3:
-        arr = arr[:1]  # multi-frame: first frame
-    elif arr.ndim == 4:
-        arr = arr[0].transpose(2, 0, 1)
-    return arr

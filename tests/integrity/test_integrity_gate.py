@@ -10,11 +10,12 @@ import pytest
 import torch
 from torch import nn
 
+from medsec.data.dicom_export import read_dicom_pixels
 from medsec.errors import MedsecError
 from medsec.integrity import AuditLog, Gate, RefusedError, check, require_signed
 from medsec.integrity.demo import replace_pixels_in_place, tamper_demo, tamper_demo_markdown
 from medsec.integrity.infer import infer_file, to_model_input
-from medsec.integrity.samples import read_pixels, write_image_dicom
+from medsec.integrity.samples import write_image_dicom
 from medsec.integrity.signature import sign_file
 
 
@@ -55,7 +56,7 @@ def test_gated_inference(tmp_path: Path, rsa_signer) -> None:
     assert r["probabilities"]["bright"] > 0.9
     # the attacker darkens the pixels: the gate refuses, the model never runs
     dark = replace_pixels_in_place(bright, np.full((1, 20, 20), 10, np.uint8), tmp_path / "d.dcm")
-    assert read_pixels(dark).max() == 10
+    assert read_dicom_pixels(dark).max() == 10
 
     class Exploding(nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -89,7 +90,7 @@ def test_tamper_demo(tmp_path: Path) -> None:
     # the replaced files really carry the adversarial pixels, and nothing else changed
     for v in replaced:
         i = int(Path(v["file"]).stem[3:])
-        assert np.array_equal(read_pixels(v["file"]), adv[i])
+        assert np.array_equal(read_dicom_pixels(v["file"]), adv[i])
         orig = Path(v["file"]).parent.parent / "signed" / Path(v["file"]).name
         a, b = orig.read_bytes(), Path(v["file"]).read_bytes()
         assert len(a) == len(b) and sum(x != y for x, y in zip(a, b, strict=True)) <= clean[i].size

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pydicom
 
+from medsec.data.dicom_export import read_dicom_pixels
 from medsec.integrity import AuditLog, Gate
 from medsec.integrity.demo import replace_pixels_in_place
-from medsec.integrity.samples import read_pixels
 from medsec.integrity.scp import GatedStorageSCP
 from medsec.integrity.signature import sign_file
 
@@ -40,7 +40,7 @@ def test_scp_gates_every_instance(nested_file: Path, rle_file: Path, tmp_path: P
     signed, signed_rle = tmp_path / "s.dcm", tmp_path / "s-rle.dcm"
     sign_file(nested_file, signed, rsa_signer.key, rsa_signer.cert)
     sign_file(rle_file, signed_rle, rsa_signer.key, rsa_signer.cert)
-    tampered = replace_pixels_in_place(signed, 255 - read_pixels(signed), tmp_path / "t.dcm")
+    tampered = replace_pixels_in_place(signed, 255 - read_dicom_pixels(signed), tmp_path / "t.dcm")
     seen: list[str] = []
 
     def on_accept(data: bytes, path: Path, verdict) -> dict:

@@ -32,6 +32,7 @@ from medsec.data.formats.common import (
     log,
     open_image,
     read_csv,
+    require_dir,
     warn_skipped,
 )
 from medsec.data.formats.infos import real_info
@@ -59,8 +60,7 @@ def _scan(folder: Path, split: str, part: str, what: str) -> list[Record]:
     masks = folder / f"ISIC-2017_{part}_Part1_GroundTruth"
     csv_path = folder / f"ISIC-2017_{part}_Part3_GroundTruth.csv"
     for d, kind in ((data, "the dermoscopy images ISIC_*.jpg"), (masks, "the masks ISIC_*_segmentation.png")):
-        if not d.is_dir():
-            raise DataError(f"{what}: missing folder {d} (expected {kind})")
+        require_dir(d, what, kind)
     out, missing = [], []
     for r in read_csv(csv_path, COLUMNS, what):
         iid = r["image_id"]

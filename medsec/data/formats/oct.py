@@ -29,6 +29,7 @@ from medsec.data.formats.common import (
     group_split,
     locate,
     open_image,
+    require_dir,
 )
 from medsec.data.formats.infos import OCT_CLASSES, real_info
 from medsec.errors import DataError
@@ -47,8 +48,7 @@ def _scan(folder: Path, split_dir: str, what: str) -> list[Record]:
     out = []
     for k, cls in enumerate(OCT_CLASSES):
         d = folder / split_dir / cls
-        if not d.is_dir():
-            raise DataError(f"{what}: missing folder {d} (expected the {cls} images of {split_dir}/)")
+        require_dir(d, what, f"the {cls} images of {split_dir}/")
         for f in sorted(d.iterdir()):
             if f.suffix.lower() not in EXTS or f.name.startswith("."):
                 continue

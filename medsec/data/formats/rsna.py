@@ -30,6 +30,7 @@ from medsec.data.formats.common import (
     group_split,
     locate,
     read_csv,
+    require_dir,
     to_uint8,
     warn_skipped,
 )
@@ -101,8 +102,7 @@ def read_rsna(name: str, root: Path, *, size: int, seed: int,
     assert stage is not None
     csv_path = folder / f"{stage}_train_labels.csv"
     img_dir = folder / f"{stage}_train_images"
-    if not img_dir.is_dir():
-        raise DataError(f"{what}: missing folder {img_dir} (expected the training DICOMs <patientId>.dcm)")
+    require_dir(img_dir, what, "the training DICOMs <patientId>.dcm")
     rows = read_csv(csv_path, COLUMNS, what)
     target: dict[str, int] = {}
     boxes: dict[str, int] = {}
