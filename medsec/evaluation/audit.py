@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from medsec.attacks import FGSM, PGD
 from medsec.attacks.adaptive import exposed, is_detector, recipe_for
-from medsec.attacks.adaptive.recipes import DenoiserRecipe, RBFRecipe
+from medsec.attacks.adaptive.recipes import RBFRecipe
 from medsec.config import ExperimentConfig
 from medsec.errors import MedsecError
 from medsec.evaluation.reproduce import handled_scores
@@ -247,7 +247,7 @@ def audit_defence(defence: nn.Module, victim: Any, eps: float, n: int = 64, step
             rec = recipe_for(defence, eps, steps=steps, restarts=1, seed=seed)
         except MedsecError:
             rec = RBFRecipe(eps, steps=steps, restarts=1, seed=seed)
-    if not isinstance(rec, DenoiserRecipe) and task == "classification":
+    if task == "classification":
         attempt(f"expanded loss: {rec.name}", lambda: rec(defence, x, y), True)
     grad_source = ex.get("classifier") if isinstance(ex.get("classifier"), nn.Module) else plain
     if grad_source is defence:
@@ -263,7 +263,7 @@ def audit_defence(defence: nn.Module, victim: Any, eps: float, n: int = 64, step
                                           .to(device))).clamp(0, 1), False)
     res.attacks = stages
     # masking checks
-    g = gradient_check(defence, x, y if task != "multilabel" else y, task)
+    g = gradient_check(defence, x, y, task)
     res.checks["gradients"] = g
     if g["zero"] > 0.5:
         res.masking.append(f"zero input gradients for {100 * g['zero']:.0f}% of the images (shattered/obfuscated "
@@ -279,15 +279,14 @@ def audit_defence(defence: nn.Module, victim: Any, eps: float, n: int = 64, step
                            "(attack the expectation: EOT)")
     best_white = min((stages[s] for s in white), default=float("inf"))
     for s in stages:
-        if s not in white and s.startswith(("BPDA", "transfer", "random")) and \
-                stages[s] < best_white - TRANSFER_MARGIN:
+        if s not in white and stages[s] < best_white - TRANSFER_MARGIN:  # BPDA, transfer, random noise
             res.masking.append(f"'{s}' ({stages[s]:.1f}%) beats every white-box attack ({best_white:.1f}%): the "
                                "white-box gradients are misleading")
     try:
         # unbounded sanity check: with eps = 0.5 a sound gradient attack (detector-aware when there is a
         # detector) must break almost everything
         big_eps = 0.5
-        if det is not None and not isinstance(rec, DenoiserRecipe):
+        if det is not None:
             big = type(rec)(big_eps, steps=max(10, steps // 2), restarts=1, seed=seed)(defence, x, y)
         else:
             big = PGD(eps=big_eps, steps=max(10, steps // 2), **kw)(defence, x, y)

@@ -97,7 +97,9 @@ def _need(ex: dict[str, Any], key: str, defence: Any, recipe: str) -> Any:
 
 
 def _finish(res: AttackResult, defence: nn.Module, y: Tensor, task: str, finding: Tensor | None = None) -> AttackResult:
-    q = quality(defence, res.x_adv, y, task, finding)
+    q = res.info.get("quality")  # BestOf already judged its pick with this very objective
+    if q is None:
+        q = quality(defence, res.x_adv, y, task, finding)
     info = dict(res.info)
     info["quality"] = q
     return AttackResult(res.x_adv, q < 1.0, info)
@@ -191,7 +193,7 @@ class GMMRecipe(Recipe):
         scales = torch.tensor([gaussian_scale(getattr(g, "cholesky", None)) for g in gaussians])
         # stage 1: nearest fooling class
         s1 = PGD(eps=self.eps, steps=self.stage1_steps, loss="margin", seed=self.seed)
-        x1 = s1.run(clf, x, y).x_adv
+        x1 = s1(clf, x, y)
         with torch.no_grad():
             z1 = torch.cat([clf(x1[i:i + 128]).float() for i in range(0, x.shape[0], 128)])
         z1 = z1.masked_fill(torch.nn.functional.one_hot(y, z1.shape[1]).bool(), -math.inf)
@@ -208,9 +210,7 @@ class GMMRecipe(Recipe):
         class_score = ex.get("class_score")
         if self.exact and callable(class_score):
             # strategy 1 unsimplified: the detector's own score for the target class, in units of its clean spread
-            with torch.no_grad():
-                spread = float(torch.cat([defence.score(x[i:i + 128]).float().reshape(-1)  # type: ignore[operator]
-                                          for i in range(0, x.shape[0], 128)]).std().clamp_min(1e-6))
+            spread = _score_scale(defence, x)
 
             def exact_fn(out: Tensor, feats: Tensor | None, xa: Tensor, t: Tensor) -> Tensor:
                 return -class_score(xa, t).reshape(-1).float() / spread
@@ -317,11 +317,7 @@ class DetectorRecipe(Recipe):
 
     def _run(self, defence: nn.Module, x: Tensor, y: Tensor) -> AttackResult:
         task = task_of(defence, x, y)
-        score: Callable[[Tensor], Tensor] = defence.score  # type: ignore[assignment]
-        with torch.no_grad():
-            s = score(x).float()
-        scale = float(s.std().clamp_min(1e-6)) if s.numel() > 1 else 1.0
-        loss: Loss = Selective(Margin(self.kappa), detector_term(defence, scale), ramp(0.1 * self.lam, self.lam))
+        loss: Loss = Selective(Margin(self.kappa), detector_term(defence, _score_scale(defence, x)), ramp(0.1 * self.lam, self.lam))
         succ = accepted_by(defence) if is_detector(defence) else None
         kw: dict[str, Any] = {"loss": loss, "success": succ, "seed": self.seed}
         attacks: list[tuple[str, Attack]] = [

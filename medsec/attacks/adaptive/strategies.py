@@ -323,7 +323,7 @@ class BestOf(Attack):
         best_q = obj(best_x, y).float()
         chosen = ["clean"] * x.shape[0]
         for name, atk in self.pairs:
-            cand = atk.run(model, x, y).x_adv
+            cand = atk(model, x, y)  # BestOf judges the candidate itself: no separate success check
             q = obj(cand, y).float()
             better = q < best_q
             if bool(better.any()):
@@ -366,7 +366,7 @@ class SurrogateTransfer(Attack):
         # momentum on the ensemble's summed loss (Dong et al. 2018): their recipe for transferable examples
         out.append(MIM(eps=self.eps, steps=self.steps, loss=self.attack_loss, grad_model=self.surrogates,
                        seed=self.seed))
-        return [a.run(self.surrogates[0], x, y).x_adv for a in out]
+        return [a(self.surrogates[0], x, y) for a in out]
 
     @torch.no_grad()
     def _effectiveness(self, x_adv: Tensor, y: Tensor) -> Tensor:
