@@ -229,10 +229,10 @@ def primary_metric(task: str, logits: torch.Tensor, y: torch.Tensor) -> float:
     return task_metrics(task, logits, y)[PRIMARY_METRIC[task]]
 
 
-def transfer_cell(target: nn.Module, task: str, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor,
+def transfer_cell(target: nn.Module, task: str, clean: float, y: torch.Tensor, x_adv: torch.Tensor,
                   x_ctrl: torch.Tensor, device: torch.device) -> dict[str, float]:
-    """Target metric on clean, adversarial and shuffled-control images, and the two ratios (percent)."""
-    clean = primary_metric(task, predict(target, x, device=device), y)
+    """Target metric on adversarial and shuffled-control images beside its clean value (computed once per
+    target), and the two ratios (percent)."""
     adv = primary_metric(task, predict(target, x_adv, device=device), y)
     ctrl = primary_metric(task, predict(target, x_ctrl, device=device), y)
     def ratio(v: float) -> float:
@@ -265,6 +265,7 @@ def run_transfer_study(cfg: ExperimentConfig, out: str | Path) -> dict[str, Any]
     pairs: list[tuple[ModelSpec, list[ModelSpec]]] = [(s, targets) for s in surrogates]
     if t.whitebox:
         pairs += [(tg, [tg]) for tg in targets]
+    clean: dict[str, float] = {}  # each target's clean metric on x, computed when a cell first needs it
     rows: list[dict[str, Any]] = []
     for s_spec, tgs in pairs:
         for attack in t.attacks:
@@ -272,7 +273,7 @@ def run_transfer_study(cfg: ExperimentConfig, out: str | Path) -> dict[str, Any]
                 keys = {tg.id: f"{s_spec.id}__{tg.id}__{attack}__eps{eps:g}" for tg in tgs}
                 todo = [tg for tg in tgs if store.get(keys[tg.id]) is None]
                 if todo:
-                    sv = tgt_models[s_spec.id] if s_spec.role == "target" else pool.get(s_spec)
+                    sv = pool.get(s_spec)  # targets stay in the pool; surrogates are dropped after their cells
                     sv.model.eval()
                     c0 = time.perf_counter()
                     x_adv = make_attack(attack, eps, t)(sv.model, x, y).detach()
@@ -280,7 +281,9 @@ def run_transfer_study(cfg: ExperimentConfig, out: str | Path) -> dict[str, Any]
                     x_ctrl = shuffle_perturbation(x, x_adv, seed=cfg.seed)
                     for tg in todo:
                         tv = tgt_models[tg.id]
-                        res = transfer_cell(tv.model, task, x, y, x_adv, x_ctrl, device)
+                        if tg.id not in clean:
+                            clean[tg.id] = primary_metric(task, predict(tv.model, x, device=device), y)
+                        res = transfer_cell(tv.model, task, clean[tg.id], y, x_adv, x_ctrl, device)
                         res.update(_cell_meta(s_spec, tg, attack, eps, n, craft_s, sv, tv))
                         store.put(keys[tg.id], res)
                 for tg in tgs:
