@@ -10,6 +10,9 @@ to models as float32 in [0, 1] through `Split.images()`. Targets depend on the t
 
 from __future__ import annotations
 
+import logging
+import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -19,6 +22,8 @@ import torch
 
 from medsec.errors import DataError
 from medsec.paths import atomic_path
+
+log = logging.getLogger(__name__)
 
 Task = Literal["classification", "multilabel", "segmentation"]
 SPLITS = ("train", "val", "test")
@@ -160,4 +165,23 @@ def load_npz(path: Path, info: DatasetInfo) -> MedicalDataset:
             splits[s] = Split(pixels=z[f"{s}/pixels"], targets=z[f"{s}/targets"], patient_ids=pid, extra=extra)
     ds = MedicalDataset(info=info, **splits)
     ds.check()
+    return ds
+
+
+def cached_npz(path: Path, info: DatasetInfo, build: Callable[[], MedicalDataset], rebuild: str) -> MedicalDataset:
+    """The dataset cached at `path`, or `build()` written there. A damaged entry is rebuilt, never trusted
+    (`rebuild` says how, in the warning); a cache that cannot be written only costs a warning."""
+    if path.exists():
+        try:
+            ds = load_npz(path, info)
+            log.info("%s: read from cache %s", info.name, path)
+            return ds
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile, DataError, EOFError) as e:
+            log.warning("cache entry %s is corrupted (%s); %s", path, e, rebuild)
+            path.unlink(missing_ok=True)
+    ds = build()
+    try:
+        save_npz(ds, path)
+    except OSError as e:
+        log.warning("could not cache dataset %s at %s: %s", info.name, path, e)
     return ds

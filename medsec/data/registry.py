@@ -8,18 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from medsec.data.base import SPLITS, MedicalDataset, load_npz, save_npz
+from medsec.data.base import SPLITS, MedicalDataset, cached_npz
 from medsec.data.synthetic import GENERATORS
 from medsec.errors import DataError
 from medsec.paths import cache_root
-
-log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 2  # bump whenever a synthetic generator changes: old cache entries are then not reused
 
@@ -106,16 +102,5 @@ def load_dataset(
     key = {"format": CACHE_FORMAT, "name": name, "size": size, "n": [n_train, n_val, n_test],
            "seed": seed, "difficulty": d}
     path = _cache_file(cache_root(cache_dir), name, key)
-    if path.exists():
-        try:
-            return load_npz(path, spec.info)
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile, DataError, EOFError) as e:
-            log.warning("cache entry %s is corrupted (%s); regenerating it", path, e)
-            path.unlink(missing_ok=True)
-    ds = generate_synthetic(name, size=size, n_train=n_train, n_val=n_val, n_test=n_test, seed=seed,
-                            difficulty=d)
-    try:
-        save_npz(ds, path)
-    except OSError as e:
-        log.warning("could not cache dataset %s at %s: %s", name, path, e)
-    return ds
+    return cached_npz(path, spec.info, lambda: generate_synthetic(
+        name, size=size, n_train=n_train, n_val=n_val, n_test=n_test, seed=seed, difficulty=d), "regenerating it")

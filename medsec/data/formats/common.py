@@ -14,7 +14,6 @@ import hashlib
 import json
 import logging
 import os
-import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +24,7 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from medsec.data.base import SPLITS, DatasetInfo, MedicalDataset, Split, load_npz, save_npz
+from medsec.data.base import SPLITS, DatasetInfo, MedicalDataset, Split, cached_npz
 from medsec.errors import DataError
 from medsec.paths import cache_root
 
@@ -365,16 +364,6 @@ def _cache_path(name: str, size: int, key: dict[str, Any], cache_dir: str | Path
     return cache_root(cache_dir) / "data" / f"real-{name}-{size}px-{digest}.npz"
 
 
-def save_cached(ds: MedicalDataset, path: Path) -> None:
-    """Write `ds` to `path` atomically (the one .npz layout of medsec.data.base)."""
-    save_npz(ds, path)
-
-
-def load_cached(path: Path, info: DatasetInfo) -> MedicalDataset:
-    """Read a dataset written by save_cached and check it."""
-    return load_npz(path, info)
-
-
 def with_cache(info: DatasetInfo, root: Path, size: int, seed: int, options: dict[str, Any],
                files: Iterable[Path], build: Callable[[], MedicalDataset], *, cache: bool,
                cache_dir: str | Path | None) -> MedicalDataset:
@@ -384,18 +373,4 @@ def with_cache(info: DatasetInfo, root: Path, size: int, seed: int, options: dic
         return build()
     key = {"format": CACHE_FORMAT, "name": info.name, "root": str(Path(root).resolve()), "size": size,
            "seed": seed, "options": options, "files": fingerprint(files)}
-    path = _cache_path(info.name, size, key, cache_dir)
-    if path.exists():
-        try:
-            ds = load_cached(path, info)
-            log.info("%s: read decoded images from cache %s", info.name, path)
-            return ds
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile, DataError, EOFError) as e:
-            log.warning("cache entry %s is corrupted (%s); decoding the images again", path, e)
-            path.unlink(missing_ok=True)
-    ds = build()
-    try:
-        save_cached(ds, path)
-    except OSError as e:
-        log.warning("could not cache dataset %s at %s: %s", info.name, path, e)
-    return ds
+    return cached_npz(_cache_path(info.name, size, key, cache_dir), info, build, "decoding the images again")
