@@ -62,7 +62,9 @@ def _build(cfg: ExperimentConfig, name: str, victim: Victim, seed: int) -> Defen
         if e.width is not None:
             args["width"] = e.width
         spec = {"factory": "build_model", "args": args}
-        return Ensemble.build([spec] * e.members, adv_eps=e.adv_eps, adv_weight=e.adv_weight)
+        return Ensemble.build([spec] * e.members, adv_eps=e.adv_eps, adv_weight=e.adv_weight,
+                              adversarial_training=e.adversarial_training, adv_source=e.adv_source,
+                              crafter=victim.model if e.adv_source == "victim" else None)
     if name == "denoiser":
         d = dc.denoiser
         return Denoiser.build(noise_std=d.noise_std, rec_weight=d.rec_weight, arch=meta["arch"],
