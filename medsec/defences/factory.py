@@ -74,13 +74,25 @@ def _build(cfg: ExperimentConfig, name: str, victim: Victim, seed: int) -> Defen
     raise MedsecError(f"unknown defence {name!r}; available: {', '.join(DEFENCE_NAMES)}")
 
 
+def defence_config(cfg: ExperimentConfig) -> ExperimentConfig:
+    """cfg with ``train.epochs`` set to ``reproduce.defence_epochs`` when that is given: the training budget
+    of the networks the defences train (ensemble members, denoisers, RBF networks)."""
+    epochs = cfg.reproduce.defence_epochs
+    if epochs is None or epochs == cfg.train.epochs:
+        return cfg
+    return cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": epochs})})
+
+
 def get_defence(cfg: ExperimentConfig, name: str, dataset: str, *, seed: int | None = None,
                 victim: Victim | None = None) -> FittedDefence:
-    """The defence `name` for `dataset`'s victim, fitted on clean training data (cached)."""
+    """The defence `name` for `dataset`'s victim, fitted on clean training data (cached). Networks the
+    defence trains use ``cfg.train`` with ``reproduce.defence_epochs`` (see `defence_config`); the victim
+    is the one ``cfg`` trains."""
     if name not in DEFENCE_NAMES:
         raise MedsecError(f"unknown defence {name!r}; available: {', '.join(DEFENCE_NAMES)}")
     seed = cfg.seed if seed is None else seed
     victim = victim or get_victim(cfg, dataset)
+    cfg = defence_config(cfg)
     key = cfg.digest("data", "train", "model", "defences") + \
         f"{victim.checkpoint.name}|{name}|{seed}"
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
