@@ -30,7 +30,7 @@ from medsec.attacks.poisoning import BadNets, FeatureCollision, retrain, retrain
 from medsec.attacks.universal import UniversalPerturbation
 from medsec.config import ExperimentConfig
 from medsec.errors import MedsecError
-from medsec.evaluation.cells import CellStore
+from medsec.studies.grid import CellStore
 from medsec.evaluation.metrics import accuracy
 from medsec.evaluation.victims import Victim, get_victim, resolve_device
 from medsec.models.training import predict

@@ -36,7 +36,7 @@ from torch import nn
 
 from medsec.config import ExperimentConfig, TransferConfig, VictimConfig
 from medsec.errors import ConfigError, MedsecError
-from medsec.evaluation.cells import CellStore
+from medsec.studies.grid import CellStore
 from medsec.evaluation.metrics import PRIMARY_METRIC, task_metrics
 from medsec.evaluation.victims import DATA_VARIANTS, Victim, get_victim, resolve_device
 from medsec.models.networks import CLASSIFIER_ARCHS, describe
