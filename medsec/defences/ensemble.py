@@ -27,6 +27,10 @@ not the FGSM eps nor the number of adversarial images), medsec chooses, and ever
   reproduction of Levy et al. (Paul et al. trained on the attack they evaluated).
 - members differ only in their initialisation: member i is initialised from seed ``seed + i``; all members
   see the same training set in the same order with the same augmentation draws (training seed ``seed``).
+- training budget: the members take as many optimiser steps as ``train`` gives a network on the original
+  images. The augmented set is twice as long, so they run ``ceil(train.epochs / 2)`` epochs over it (with
+  the trainer's early stopping on clean validation accuracy); on-the-fly training runs ``train.epochs`` epochs
+  over the original images, each step paying for its FGSM images.
 
 ``adversarial_training="on_the_fly"`` is the alternative (and medsec's earlier default): each member's
 every training step adds ``adv_weight * CE(member(FGSM_member(x)), y)``, FGSM crafted per batch against the
@@ -186,9 +190,13 @@ class Ensemble(Defence):
             crafter.train(was_training)
         elif adversarial and self.adv_weight > 0:
             extra = fgsm_training_loss(self.adv_eps, self.adv_weight)
+        member_train = train
+        if train_set is not None:  # the same optimiser steps as `train` on the original images
+            epochs = max(1, math.ceil(train.epochs * len(data.train) / len(train_set[0])))
+            member_train = train.model_copy(update={"epochs": epochs})
         self.initialise_members(seed)
         self.train_results = [
-            train_model(m, data, train, seed=seed, device=device, train_set=train_set, extra_loss=extra,
+            train_model(m, data, member_train, seed=seed, device=device, train_set=train_set, extra_loss=extra,
                         description=f"ensemble member {i + 1}/{len(self.members)}")
             for i, m in enumerate(self.members)]
         self.fitted = True

@@ -44,7 +44,7 @@ def member_calls(monkeypatch):
     real = training.train_model
 
     def spy(model, data, cfg, **kw):
-        calls.append({"initial": {k: v.clone() for k, v in model.state_dict().items()}, **kw})
+        calls.append({"initial": {k: v.clone() for k, v in model.state_dict().items()}, "cfg": cfg, **kw})
         return real(model, data, cfg, **kw)
 
     monkeypatch.setattr(training, "train_model", spy)
@@ -116,6 +116,14 @@ def test_members_differ_only_in_initialisation(toy, crafter, member_calls):
         assert all(torch.equal(v, ref[k]) for k, v in init.items())
     w = next(k for k, v in inits[0].items() if v.ndim == 4 and v.numel() > 1)  # the first conv kernel
     assert not torch.equal(inits[0][w], inits[1][w]) and not torch.equal(inits[1][w], inits[2][w])
+
+
+def test_static_members_take_the_optimiser_steps_of_the_budget_on_the_original_images(toy, crafter, member_calls):
+    budget = TINY.model_copy(update={"epochs": 3})
+    Ensemble.build([_spec()] * 2, adv_eps=EPS, crafter=crafter).fit(toy, budget)
+    assert [c["cfg"].epochs for c in _members(member_calls)] == [2, 2]  # ceil(3 * 64 / 128) over the doubled set
+    Ensemble.build([_spec()] * 2, adv_eps=EPS, adversarial_training="on_the_fly").fit(toy, budget)
+    assert [c["cfg"].epochs for c in _members(member_calls)[2:]] == [3, 3]
 
 
 def test_members_train_deterministically_from_their_seed(toy, crafter):
