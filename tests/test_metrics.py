@@ -3,8 +3,8 @@ import pytest
 import torch
 from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
 
+import medsec.metrics as M
 from medsec.errors import MedsecError
-from medsec.evaluation import metrics as M
 
 
 def test_accuracy_by_hand():
@@ -82,3 +82,24 @@ def test_task_metrics_keys():
     assert M.task_metrics("multilabel", y * 4 - 2, y)["weighted_auroc"] == 1.0
     with pytest.raises(MedsecError):
         M.task_metrics("regression", torch.zeros(1), torch.zeros(1))
+
+
+def test_one_dice_rule_for_one_and_two_channel_outputs():
+    """A sigmoid (one-channel) segmenter and its two-channel softmax twin get the same Dice everywhere."""
+    import torch
+
+    from medsec.metrics.system import handled, quality
+
+    torch.manual_seed(0)
+    logit = torch.randn(3, 1, 8, 8)
+    two = torch.cat([torch.zeros_like(logit), logit], 1)  # argmax == (logit > 0)
+    mask = (torch.rand(3, 8, 8) > 0.5).long()
+    d1, d2 = M.dice(logit, mask), M.dice(two, mask)
+    assert np.allclose(d1, d2) and d1.dtype == np.float64
+    assert np.allclose(M.dice(logit, mask), M.dice((logit[:, 0] > 0).long(), mask))
+    no = torch.zeros(3, dtype=torch.bool)
+    assert torch.allclose(handled(logit, mask, "segmentation", adversarial=True).float(),
+                          handled(two, mask, "segmentation", adversarial=True).float())
+    assert torch.allclose(quality(logit, mask, "segmentation", no), quality(two, mask, "segmentation", no))
+    empty = torch.zeros(1, 8, 8, dtype=torch.long)
+    assert M.dice(torch.full((1, 1, 8, 8), -1.0), empty)[0] == 1.0  # nothing to find, nothing found

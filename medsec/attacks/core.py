@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from medsec.attacks.losses import Loss, LossInput, resolve_loss
 from medsec.errors import MedsecError
+from medsec.metrics.segmentation import dice_per_sample, seg_prediction
 
 Norm = Literal["linf", "l2"]
 AttackTask = Literal["classification", "multilabel", "segmentation"]
@@ -165,30 +166,6 @@ def infer_task(outputs: Tensor, y: Tensor, task: str | None = None) -> AttackTas
             raise MedsecError(f"mask labels must lie in [0, {kk}), got [{int(y.min())}, {int(y.max())}]")
         return "segmentation"
     raise MedsecError(f"model outputs must be (N, K) or (N, K, H, W) logits, got shape {tuple(outputs.shape)}")
-
-
-def seg_prediction(outputs: Tensor) -> Tensor:
-    """Hard mask from (N, K, H, W) logits: argmax, or logit > 0 for a single-channel (sigmoid) model."""
-    if outputs.shape[1] == 1:
-        return (outputs[:, 0] > 0).long()
-    return outputs.argmax(1)
-
-
-def dice_per_sample(pred: Tensor, target: Tensor, num_classes: int) -> Tensor:
-    """Per-sample hard Dice over the foreground classes (mean over classes present in either mask);
-    1.0 when both masks are empty."""
-    scores = []
-    present = []
-    for c in range(1, max(num_classes, 2)):
-        p = (pred == c).flatten(1).float()
-        t = (target == c).flatten(1).float()
-        inter = (p * t).sum(1)
-        tot = p.sum(1) + t.sum(1)
-        scores.append(torch.where(tot > 0, 2 * inter / tot.clamp_min(1e-12), torch.ones_like(tot)))
-        present.append(tot > 0)
-    s = torch.stack(scores, 1)
-    pr = torch.stack(present, 1).float()
-    return torch.where(pr.sum(1) > 0, (s * pr).sum(1) / pr.sum(1).clamp_min(1), torch.ones_like(s[:, 0]))
 
 
 @dataclass

@@ -73,7 +73,7 @@ def defend(
     """Fit (or load from the cache) a defence for a dataset's victim and print its clean performance."""
     from medsec.defences.base import defended_accuracy
     from medsec.defences.factory import get_defence
-    from medsec.evaluation.metrics import task_metrics
+    from medsec.metrics import task_metrics
     from medsec.models.training import predict
 
     cfg = cli_config(profile, cache_dir=cache_dir, seed=seed)

@@ -19,10 +19,11 @@ import torch
 from torch import nn
 
 from medsec.data.base import MedicalDataset
-from medsec.defences.base import ClassifierDetector, batched, module_device, register_defence
+from medsec.defences.base import ClassifierDetector, register_defence
 from medsec.defences.gaussian import Gaussian
 from medsec.defences.nets import attach_spec, build_network, network_spec, spec_from_meta
 from medsec.errors import MedsecError
+from medsec.models.inference import batched, module_device
 
 
 class FeatureDetector(ClassifierDetector):
@@ -50,7 +51,7 @@ class FeatureDetector(ClassifierDetector):
     def fit(self, data: MedicalDataset, **kwargs: Any) -> FeatureDetector:
         """Fit the detector on features of the clean training images and fix the threshold."""
         self.eval()
-        feats = batched(self.classifier.features, data.train.images(), self.batch_size, module_device(self))
+        feats = batched(self.classifier.features, data.train.images(), self.batch_size, module_device(self), cpu=True)
         self.fit_features(feats)
         return self
 

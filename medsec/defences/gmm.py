@@ -31,11 +31,12 @@ from torch import nn
 
 from medsec.config import TrainConfig
 from medsec.data.base import MedicalDataset
-from medsec.defences.base import ClassifierDetector, batched, module_device, register_defence
+from medsec.defences.base import ClassifierDetector, register_defence
 from medsec.defences.ensemble import fgsm_training_loss
 from medsec.defences.gaussian import Gaussian
 from medsec.defences.nets import attach_spec, build_network, network_spec, spec_from_meta
 from medsec.errors import MedsecError
+from medsec.models.inference import batched, module_device
 
 
 @register_defence
@@ -115,8 +116,8 @@ class GMM(ClassifierDetector):
         self.eval()
         x, y = data.train.images(), data.train.target_tensor()
         dev = module_device(self)
-        feats = batched(self.classifier.features, x, self.batch_size, dev)
-        logits = batched(self.classifier, x, self.batch_size, dev)
+        feats = batched(self.classifier.features, x, self.batch_size, dev, cpu=True)
+        logits = batched(self.classifier, x, self.batch_size, dev, cpu=True)
         self.fit_features(feats, y, logits)
         return self
 

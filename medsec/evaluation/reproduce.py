@@ -38,15 +38,15 @@ from torch import Tensor, nn
 
 from medsec.attacks import APGD, BIM, FGSM, PGD
 from medsec.attacks.adaptive import is_detector, recipe_for, rejected
-from medsec.attacks.adaptive.strategies import correct_predictions
 from medsec.config import ExperimentConfig
 from medsec.errors import ConfigError
-from medsec.studies.grid import CellStore
 from medsec.evaluation.clean import clean_rows, clean_table, integrity_section
-from medsec.evaluation.metrics import detection_auroc, detection_roc, dice, weighted_auroc
 from medsec.evaluation.victims import resolve_device
+from medsec.metrics import detection_auroc, handled, percent, roc_points, weighted_auroc
+from medsec.models.inference import batched
 from medsec.paths import ensure_writable_dir, write_text_atomic
 from medsec.report.document import Report, markdown_table, provenance_markdown, run_provenance
+from medsec.studies.grid import CellStore
 
 console = Console()
 PAPER_NAME = "levy-2022"
@@ -101,9 +101,8 @@ COLUMNS = ("clean", "original_attack_no_defence", "original_attack_with_defence"
 # scoring
 # ----------------------------------------------------------------------------------------------------------
 
-@torch.no_grad()
-def _outputs(model: nn.Module, x: Tensor, bs: int = 64) -> Tensor:
-    return torch.cat([model(x[i:i + bs]).float() for i in range(0, x.shape[0], bs)])
+def _outputs(model: nn.Module, x: Tensor) -> Tensor:
+    return batched(lambda xb: model(xb).float(), x, 64)
 
 
 def handled_scores(model: nn.Module, x: Tensor, y: Tensor, task: str, *, adversarial: bool,
@@ -114,17 +113,14 @@ def handled_scores(model: nn.Module, x: Tensor, y: Tensor, task: str, *, adversa
     detector: a defence with ``detect`` whose threshold was fixed at fit time (None = no detector);
     rejected_mask: its verdicts on x when already computed (saves a detector pass)."""
     z = _outputs(model, x)
-    if task == "segmentation":
-        return dice(z, y)
-    ok = correct_predictions(z, y, task, finding).cpu()
-    if detector is None or not is_detector(detector):
-        return ok.numpy().astype(float)
-    rej = (rejected(detector, x) if rejected_mask is None else rejected_mask).cpu()
-    return ((rej | ok) if adversarial else (~rej & ok)).numpy().astype(float)
+    rej = None
+    if task != "segmentation" and detector is not None and is_detector(detector):
+        rej = rejected(detector, x) if rejected_mask is None else rejected_mask
+    return handled(z, y, task, adversarial=adversarial, rejected=rej, finding=finding).numpy()
 
 
 def _pct(a: np.ndarray) -> float:
-    return round(100.0 * float(np.mean(a)), 2)
+    return percent(a)
 
 
 def _original_attack(row: Row, eps: float, task: str, steps: int, seed: int,
@@ -143,18 +139,8 @@ def _original_attack(row: Row, eps: float, task: str, steps: int, seed: int,
     raise ConfigError(f"row {row.id}: unknown original attack {row.original!r}")
 
 
-def _roc_points(clean: np.ndarray, adv: np.ndarray, max_points: int = 200) -> tuple[list[float], list[float]]:
-    fpr, tpr = detection_roc(clean, adv)
-    if len(fpr) > max_points:
-        idx = np.unique(np.linspace(0, len(fpr) - 1, max_points).round().astype(int))
-        fpr, tpr = fpr[idx], tpr[idx]
-    return [round(float(v), 4) for v in fpr], [round(float(v), 4) for v in tpr]
-
-
-@torch.no_grad()
 def _scores(detector: Any, x: Tensor) -> np.ndarray:
-    return torch.cat([detector.score(x[i:i + 64]).float().reshape(-1).cpu()
-                      for i in range(0, x.shape[0], 64)]).numpy()
+    return batched(lambda xb: detector.score(xb).float().reshape(-1), x, 64, cpu=True).numpy()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -253,7 +239,7 @@ def compute_row(cfg: ExperimentConfig, row: Row, fig_dir: Path) -> dict[str, Any
             "original_attack_with_defence": round(100 * detection_auroc(s_clean, s_orig), 2),
             "adaptive_attack_with_defence": round(100 * detection_auroc(s_clean, s_adapt), 2),
             "paper": dict(zip(COLUMNS, row.paper_t2 or (), strict=True)),
-            "roc": {"original attack": _roc_points(s_clean, s_orig), "adaptive attack": _roc_points(s_clean, s_adapt)},
+            "roc": {"original attack": roc_points(s_clean, s_orig), "adaptive attack": roc_points(s_clean, s_adapt)},
         }
     elif row.table2 == "risk":
         result["table2"] = {"metric": "adversarial risk", **{c: round(100 - result[c], 2) for c in COLUMNS},

@@ -15,7 +15,7 @@ from torch import nn
 
 from medsec.config import TrainConfig
 from medsec.data.base import MedicalDataset, Split, Task
-from medsec.evaluation.metrics import PRIMARY_METRIC, task_metrics
+from medsec.metrics import PRIMARY_METRIC, task_metrics
 
 log = logging.getLogger(__name__)
 

@@ -30,10 +30,8 @@ from medsec.attacks.adaptive.strategies import (
     accepted_by,
     class_mean_term,
     detector_term,
-    exposed,
     feature_distance_term,
     gaussian_scale,
-    is_detector,
     patient_attacks,
     quality,
     ramp,
@@ -43,16 +41,16 @@ from medsec.attacks.apgd import APGD
 from medsec.attacks.core import Attack, AttackResult, check_eps, check_images, check_positive_int
 from medsec.attacks.engine import PGD
 from medsec.attacks.losses import ExtraTerm, Loss, Margin, Selective
+from medsec.defences.base import exposed, is_detector
 from medsec.errors import MedsecError
+from medsec.metrics import task_of_outputs
+from medsec.models.inference import batched
 
 
 def task_of(model: nn.Module, x: Tensor, y: Tensor) -> str:
     """classification | multilabel | segmentation, from the model's output shape and the labels."""
     with torch.no_grad():
-        out = model(x[:1])
-    if out.ndim == 4:
-        return "segmentation"
-    return "multilabel" if y.ndim == 2 else "classification"
+        return task_of_outputs(model(x[:1]), y)
 
 
 class Recipe:
@@ -152,14 +150,12 @@ class MGMRecipe(Recipe):
 
 def _score_scale(defence: Any, x: Tensor) -> float:
     """The spread (std) of the detector's scores on the clean inputs: the unit of the exact score term."""
-    with torch.no_grad():
-        s = torch.cat([defence.score(x[i:i + 128]).float().reshape(-1) for i in range(0, x.shape[0], 128)])
+    s = batched(lambda xb: defence.score(xb).float().reshape(-1), x, 128)
     return float(s.std().clamp_min(1e-6)) if s.numel() > 1 else 1.0
 
 
 def _top_finding(model: nn.Module, x: Tensor) -> Tensor:
-    with torch.no_grad():
-        return torch.cat([model(x[i:i + 128]).float() for i in range(0, x.shape[0], 128)]).argmax(1)
+    return batched(lambda xb: model(xb).float(), x, 128).argmax(1)
 
 
 class GMMRecipe(Recipe):
@@ -194,8 +190,7 @@ class GMMRecipe(Recipe):
         # stage 1: nearest fooling class
         s1 = PGD(eps=self.eps, steps=self.stage1_steps, loss="margin", seed=self.seed)
         x1 = s1(clf, x, y)
-        with torch.no_grad():
-            z1 = torch.cat([clf(x1[i:i + 128]).float() for i in range(0, x.shape[0], 128)])
+        z1 = batched(lambda xb: clf(xb).float(), x1, 128)
         z1 = z1.masked_fill(torch.nn.functional.one_hot(y, z1.shape[1]).bool(), -math.inf)
         target = z1.argmax(1)
         # stage 2: convince classifier and class-t Gaussian
