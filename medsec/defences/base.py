@@ -273,7 +273,7 @@ def handled(defence: Defence, x: torch.Tensor, y: torch.Tensor, *, adversarial: 
     :mod:`medsec.metrics.system`). Classification (N,) labels only."""
     dev = module_device(defence)
     out = batched(defence.predict, x, batch_size, dev, cpu=True)
-    rej = rejected(defence, x, batch_size).cpu() if is_detector(defence) else None
+    rej = rejected(defence, x.to(dev), batch_size).cpu() if is_detector(defence) else None
     return system_handled(out, y.cpu(), "classification", adversarial=adversarial, rejected=rej).bool()
 
 
