@@ -39,7 +39,7 @@ def train(
     cache_dir: CacheOpt = None,
 ) -> None:
     """Train (or load from the cache) the victim of a dataset and print its clean test metrics."""
-    from medsec.evaluation.victims import get_victim
+    from medsec.models.victims import get_victim
 
     cfg = cli_config(profile, data_root=data_root, cache_dir=cache_dir, seed=seed)
     v = get_victim(cfg, dataset, arch)

@@ -126,3 +126,23 @@ reproduce: {rows: [rbf-chest2], n_test: 4, steps: 2, n_curve: 2, n_samples: 1, c
     rows = json.loads((tmp_path / "out" / "results.json").read_text())
     rows = rows if isinstance(rows, list) else rows["rows"]
     assert rows[0]["dataset"] == "chest2" and rows[0]["n_test"] <= 4
+
+
+def test_train_a_dataset_without_a_configured_victim(cache_dir, tmp_path):
+    """A MedMNIST file the profile names no victim for gets the default architecture of its task."""
+    from tests.data.fixtures_real import make_medmnist
+
+    fx = make_medmnist(tmp_path / "real", names=("pneumoniamnist",), sizes=(28,))
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text("""
+profile: tiny
+data: {image_size: 28, n_train: 12, n_val: 4, n_test: 6}
+model: {width: 0.125, depth: 0.25}
+train: {epochs: 1, batch_size: 8}
+victims: {}
+""")
+    r = runner.invoke(app, ["train", "--dataset", "pneumoniamnist", "--profile", str(cfg), "--data-root",
+                            str(fx.root)])
+    assert r.exit_code == 0, r.output
+    assert "resnet18" in r.output and "accuracy" in r.output
+    assert len(list((cache_dir / "models").glob("pneumoniamnist-resnet18-real-*.pt"))) == 1

@@ -5,9 +5,9 @@ import torch
 from medsec.config import load_config
 from medsec.data import load_dataset
 from medsec.errors import DataError, MedsecError
-from medsec.evaluation.victims import get_victim
 from medsec.models import ARCHS, build_model, load_checkpoint, save_checkpoint
 from medsec.models.networks import CLASSIFIER_ARCHS
+from medsec.models.victims import get_victim
 
 
 def tiny_cfg(cache_dir, **train):

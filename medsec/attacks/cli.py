@@ -39,8 +39,8 @@ def attack(
     from medsec.attacks.registry import build_attack
     from medsec.config import cli_config
     from medsec.errors import MedsecError
-    from medsec.evaluation.victims import get_victim, resolve_device
     from medsec.metrics import PRIMARY_METRIC, summarize_perturbation, task_metrics
+    from medsec.models.victims import get_victim, resolve_device
 
     if n < 1:
         raise MedsecError(f"--n must be >= 1, got {n}")

@@ -24,6 +24,7 @@ from medsec.defences.gaussian import Gaussian
 from medsec.defences.nets import attach_spec, build_network, network_spec, spec_from_meta
 from medsec.errors import MedsecError
 from medsec.models.inference import batched, module_device
+from medsec.models.victims import Victim
 
 
 class FeatureDetector(ClassifierDetector):
@@ -43,7 +44,7 @@ class FeatureDetector(ClassifierDetector):
         self.batch_size = batch_size
 
     @classmethod
-    def from_victim(cls, victim: Any, **kwargs: Any) -> FeatureDetector:
+    def from_victim(cls, victim: Victim, **kwargs: Any) -> FeatureDetector:
         """Wrap a foundation `Victim` (its model and checkpoint metadata)."""
         attach_spec(victim.model, spec_from_meta(victim.meta))
         return cls(victim.model, **kwargs)

@@ -37,6 +37,7 @@ from medsec.defences.gaussian import Gaussian
 from medsec.defences.nets import attach_spec, build_network, network_spec, spec_from_meta
 from medsec.errors import MedsecError
 from medsec.models.inference import batched, module_device
+from medsec.models.victims import Victim
 
 
 @register_defence
@@ -74,7 +75,7 @@ class GMM(ClassifierDetector):
         self.register_buffer("class_offsets", torch.zeros(self.num_classes))
 
     @classmethod
-    def from_victim(cls, victim: Any, **kwargs: Any) -> GMM:
+    def from_victim(cls, victim: Victim, **kwargs: Any) -> GMM:
         """A GMM defence starting from a copy of a foundation victim (the victim itself is not modified)."""
         net = copy.deepcopy(victim.model)
         attach_spec(net, spec_from_meta(victim.meta))

@@ -335,7 +335,7 @@ def run_audit(target: str, cfg: ExperimentConfig, dataset: str, eps: float, n: i
               out: str | Path | None = None) -> AuditResult:
     """Load (a file's class or a built-in defence name), fit, audit; write audit.json + report when `out`."""
     from medsec.defences.factory import DEFENCE_NAMES, get_defence
-    from medsec.evaluation.victims import get_victim
+    from medsec.models.victims import get_victim
 
     if not (0.0 <= float(eps) <= 1.0):
         raise MedsecError(f"--eps must lie in [0, 1] (L_inf, [0, 1] pixel units), got {eps}")

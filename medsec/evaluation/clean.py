@@ -11,8 +11,8 @@ from typing import Any
 from rich.console import Console
 
 from medsec.config import ExperimentConfig
-from medsec.evaluation.victims import get_victim, resolve_device
 from medsec.metrics import PRIMARY_METRIC
+from medsec.models.victims import get_victim, resolve_device
 from medsec.paths import ensure_writable_dir, write_text_atomic
 from medsec.report.document import Report, markdown_table, provenance_markdown, run_provenance
 

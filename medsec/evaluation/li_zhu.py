@@ -33,8 +33,8 @@ from rich.console import Console
 from medsec.config import ExperimentConfig
 from medsec.defences.base import batched, module_device
 from medsec.defences.factory import get_defence
-from medsec.evaluation.victims import get_victim, resolve_device
 from medsec.metrics import detection_auroc, detection_f1, per_class_auroc, weighted_auroc
+from medsec.models.victims import get_victim, resolve_device
 from medsec.paths import ensure_writable_dir, write_text_atomic
 from medsec.report.document import Report, markdown_table, provenance_markdown, run_provenance
 

@@ -41,9 +41,9 @@ from medsec.attacks.adaptive import is_detector, recipe_for, rejected
 from medsec.config import ExperimentConfig
 from medsec.errors import ConfigError
 from medsec.evaluation.clean import clean_rows, clean_table, integrity_section
-from medsec.evaluation.victims import resolve_device
 from medsec.metrics import detection_auroc, handled, percent, roc_points, weighted_auroc
 from medsec.models.inference import batched
+from medsec.models.victims import resolve_device
 from medsec.paths import ensure_writable_dir, write_text_atomic
 from medsec.report.document import Report, markdown_table, provenance_markdown, run_provenance
 from medsec.studies.grid import CellStore
@@ -150,7 +150,7 @@ def _scores(detector: Any, x: Tensor) -> np.ndarray:
 def compute_row(cfg: ExperimentConfig, row: Row, fig_dir: Path) -> dict[str, Any]:
     """Fit (or load) the row's victim and defence, run the original and adaptive attacks, score them."""
     from medsec.defences.factory import get_defence
-    from medsec.evaluation.victims import get_victim
+    from medsec.models.victims import get_victim
     from medsec.report.figures import sample_strip
 
     t0 = time.perf_counter()

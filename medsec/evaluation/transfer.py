@@ -36,10 +36,10 @@ from torch import nn
 
 from medsec.config import ExperimentConfig, TransferConfig, VictimConfig
 from medsec.errors import ConfigError, MedsecError
-from medsec.evaluation.victims import DATA_VARIANTS, Victim, get_victim, resolve_device
 from medsec.metrics import PRIMARY_METRIC, task_metrics
 from medsec.models.networks import CLASSIFIER_ARCHS, describe
 from medsec.models.training import predict
+from medsec.models.victims import DATA_VARIANTS, Victim, get_victim, resolve_device
 from medsec.paths import ensure_writable_dir, write_text_atomic
 from medsec.report import Report, markdown_table, run_provenance
 from medsec.studies.grid import CellStore
@@ -121,7 +121,7 @@ def settings_digest(cfg: ExperimentConfig) -> str:
     """A short hash of every setting a transfer cell's result depends on besides its key (models' data and
     training, attack settings, seeds, the user's weights files' contents): the cells of a run live in a
     folder named by it, so changed settings never reuse stale cells."""
-    from medsec.evaluation.victims import file_digest
+    from medsec.models.victims import file_digest
 
     t = cfg.transfer
     payload = {"t": {k: v for k, v in t.model_dump().items() if k not in _GRID_FIELDS},
@@ -132,8 +132,8 @@ def settings_digest(cfg: ExperimentConfig) -> str:
 
 def check_weights_files(cfg: ExperimentConfig) -> None:
     """Fail early (before any training) when a user's weights file does not fit its architecture."""
-    from medsec.evaluation.victims import experiment_dataset, load_backbone_weights
     from medsec.models.networks import build_model
+    from medsec.models.victims import experiment_dataset, load_backbone_weights
 
     t = cfg.transfer
     if not t.weights:

@@ -12,9 +12,9 @@ from medsec.attacks.poisoning import BadNets, FeatureCollision, retrain, retrain
 from medsec.attacks.universal import UniversalPerturbation
 from medsec.config import load_config
 from medsec.errors import MedsecError
-from medsec.evaluation.victims import get_victim
 from medsec.metrics import accuracy
 from medsec.models.training import predict
+from medsec.models.victims import get_victim
 
 
 @pytest.fixture(scope="module")

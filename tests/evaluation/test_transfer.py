@@ -14,8 +14,8 @@ from medsec.data.base import DatasetInfo, Split
 from medsec.data.synthetic import GENERATORS, SyntheticSpec, register
 from medsec.errors import ConfigError, MedsecError
 from medsec.evaluation.transfer import run_transfer_study, shuffle_perturbation, study_grid
-from medsec.evaluation.victims import development_data, get_victim, load_backbone_weights
 from medsec.models.networks import build_model
+from medsec.models.victims import development_data, get_victim, load_backbone_weights
 
 
 def _bars(n: int, size: int, rng: np.random.Generator, difficulty: float) -> Split:
@@ -99,7 +99,7 @@ def test_shuffle_keeps_the_perturbation_values():
 def test_development_variants_are_disjoint_and_sized(cache_dir):
     cfg = tiny(cache_dir)
     from medsec.evaluation.transfer import study_config
-    from medsec.evaluation.victims import experiment_dataset
+    from medsec.models.victims import experiment_dataset
 
     data = experiment_dataset(study_config(cfg, "toy-blobs", "resnet20"), "toy-blobs")
     d = {v: development_data(data, v, 0) for v in ("d1", "d2", "d3", "d0")}

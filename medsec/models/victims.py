@@ -24,6 +24,7 @@ from medsec.data import MedicalDataset, load_dataset
 from medsec.data.registry import CACHE_FORMAT
 from medsec.errors import ConfigError, MedsecError
 from medsec.models.checkpoint import load_checkpoint, save_checkpoint
+from medsec.models.inference import resolve_device
 from medsec.models.networks import build_model, describe
 from medsec.models.training import evaluate_split, seed_everything, train_model
 from medsec.paths import cache_root
@@ -31,23 +32,25 @@ from medsec.paths import cache_root
 log = logging.getLogger(__name__)
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """'auto' picks CUDA when available, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise MedsecError(f"device {name!r} requested but CUDA is not available")
-    return torch.device(name)
+# The architecture of a dataset the config names no victim for (a MedMNIST file, a user's own data): one
+# per task, the smallest of the paper's families that suits it (our choice; `--arch` or the config overrides it).
+DEFAULT_ARCH = {"classification": "resnet18", "multilabel": "resnet18", "segmentation": "unet"}
 
 
-def victim_config(cfg: ExperimentConfig, dataset: str, arch: str | None = None) -> VictimConfig:
-    """The victim settings of `dataset` (its configured architecture unless `arch` is given)."""
+def victim_config(cfg: ExperimentConfig, dataset: str, arch: str | None = None,
+                  task: str | None = None) -> VictimConfig:
+    """The victim settings of `dataset`: its configured architecture unless `arch` is given; for a dataset
+    the config has no victim for, the default architecture of its `task` (DEFAULT_ARCH)."""
     if dataset in cfg.victims:
         v = cfg.victims[dataset]
         return v if arch is None else v.model_copy(update={"arch": arch})
     if arch is None:
-        raise ConfigError(f"no victim configured for dataset {dataset!r}; configured: "
-                          f"{', '.join(cfg.victims) or 'none'} (or pass an architecture)")
+        if task not in DEFAULT_ARCH:
+            raise ConfigError(f"no victim configured for dataset {dataset!r} and its task {task!r} has no default "
+                              f"architecture; configured: {', '.join(cfg.victims) or 'none'} (or pass --arch)")
+        log.info("no victim configured for %s: using the default %s architecture %s", dataset, task,
+                 DEFAULT_ARCH[task])
+        arch = DEFAULT_ARCH[task]
     return VictimConfig(arch=arch)
 
 
@@ -174,11 +177,11 @@ def get_victim(
     init_from: a weights file the backbone starts from (see load_backbone_weights); its content hash is
       part of the cache key, so new weights give a new victim.
     """
-    vc = victim_config(cfg, dataset, arch)
+    data = development_data(experiment_dataset(cfg, dataset), data_variant, cfg.seed)
+    vc = victim_config(cfg, dataset, arch, data.info.task)
     seed = cfg.seed if seed is None else seed
     width = vc.width if vc.width is not None else cfg.model.width
     depth = vc.depth if vc.depth is not None else cfg.model.depth
-    data = development_data(experiment_dataset(cfg, dataset), data_variant, cfg.seed)
     device = resolve_device(cfg.device)
     # The data's version is part of the key: a changed generator means a retrained victim.
     key = (cfg.digest("data", "train") + repr(vc.model_copy(update={"width": width, "depth": depth}))
