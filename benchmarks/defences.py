@@ -33,10 +33,10 @@ from medsec.attacks import FGSM, PGD
 from medsec.config import ExperimentConfig, load_config
 from medsec.defences import adversarial_risk
 from medsec.defences.factory import get_defence
-from medsec.evaluation.li_zhu import _top_targets
 from medsec.metrics import accuracy, detection_auroc, detection_f1, mean_dice, weighted_auroc
 from medsec.models.inference import batched, module_device
 from medsec.models.victims import get_victim
+from medsec.studies.li_zhu import top_targets as _top_targets
 
 EPS = {"mgm": 0.02, "ensemble": 0.01, "gmm": 0.002, "denoiser": 0.03}
 

@@ -324,10 +324,12 @@ class DetectorRecipe(Recipe):
 
 
 def recipe_for(defence: nn.Module, eps: float, **options: Any) -> Recipe:
-    """The adaptive recipe for a defence, chosen from what it exposes: per-class ``gaussians`` -> GMM;
-    ``mean`` of a feature Gaussian -> MGM; ``members`` -> Ensemble; ``denoiser`` -> Denoiser (limited
-    knowledge: pass surrogates= or surrogate_factory=); ``rbf_layers`` -> RBF; any other detector with a
-    score -> the generic expanded-loss attack; anything else -> patience and diversity."""
+    """The adaptive recipe for a defence, matched on what each recipe actually reads: per-class ``gaussians``
+    -> GMM; a feature Gaussian's ``mean`` and its ``classifier`` -> MGM; ``members`` -> Ensemble; the
+    attacker's own surrogate models (limited knowledge: ``surrogates=`` or ``surrogate_factory=`` in the
+    options) -> the surrogate-ensemble recipe (:class:`DenoiserRecipe`); any other detector with a
+    differentiable ``score`` -> the generic expanded-loss attack; anything else -> patience and diversity
+    (:class:`RBFRecipe`, which reads nothing but the defended model's outputs)."""
     ex = exposed(defence)
     if "gaussians" in ex:
         return GMMRecipe(eps, **options)
@@ -335,10 +337,8 @@ def recipe_for(defence: nn.Module, eps: float, **options: Any) -> Recipe:
         return MGMRecipe(eps, **options)
     if "members" in ex:
         return EnsembleRecipe(eps, **options)
-    if "denoiser" in ex:
+    if options.get("surrogates") or options.get("surrogate_factory") is not None:
         return DenoiserRecipe(eps, **options)
-    if "rbf_layers" in ex:
-        return RBFRecipe(eps, **options)
     if is_detector(defence) and callable(getattr(defence, "score", None)):
         return DetectorRecipe(eps, **options)
     return RBFRecipe(eps, **options)

@@ -7,9 +7,10 @@ import json
 
 import pytest
 
-import medsec.evaluation.reproduce as rp
+import medsec.studies.levy as rp
 from medsec.config import config_from_dict
 from medsec.errors import ConfigError
+from medsec.report.levy import verdict, write_levy_report
 
 SCHEMA = {"defence": str, "dataset": str, "task": str, "metric": str, "clean": float,
           "original_attack_no_defence": float, "original_attack_with_defence": float,
@@ -30,7 +31,8 @@ def _cfg(tmp_path, rows):
 
 def test_results_schema_report_and_resume(tmp_path, monkeypatch):
     cfg = _cfg(tmp_path, ["mgm-chest14", "rbf-brain-mri"])
-    out = rp.run_levy(cfg, tmp_path / "out")
+    out = tmp_path / "out"
+    write_levy_report(rp.run_levy(cfg, out), cfg.profile, out)
     rows = json.loads((out / "results.json").read_text())
     assert isinstance(rows, list) and [r["dataset"] for r in rows] == ["chest14", "brain-mri"]
     for r in rows:
@@ -62,7 +64,12 @@ def test_results_schema_report_and_resume(tmp_path, monkeypatch):
         raise AssertionError("a finished row was recomputed")
 
     monkeypatch.setattr(rp, "compute_row", boom)
+    import medsec.studies.common as common
+
+    monkeypatch.setattr(common, "fit_victim", boom)
+    monkeypatch.setattr(common, "fit_defence", boom)
     rp.run_levy(cfg, tmp_path / "out")
+    assert {p.name.split("-")[0] for p in (out / "cells").glob("*.json")} == {"victim", "defence", "levy"}
     assert json.loads((out / "results.json").read_text()) == rows
 
 
@@ -76,16 +83,17 @@ def test_unknown_row_and_profile_are_clear_errors(tmp_path):
 
 
 def test_targets_rule():
+    rows = {r.id: r for r in rp.ROWS}
     base = {"defence": "rbf", "paper": {"adaptive_attack_with_defence": 22.9}}
     held = rp.check_targets({**base, "original_attack_no_defence": 40.0, "original_attack_with_defence": 70.0,
-                             "adaptive_attack_with_defence": 20.0})
+                             "adaptive_attack_with_defence": 20.0}, rows["rbf-chest2"])
     assert held["met"] and held["defence_held_against_original"] and held["drop_ok"]
     small_drop = rp.check_targets({**base, "original_attack_no_defence": 10.0, "original_attack_with_defence": 45.0,
-                                   "adaptive_attack_with_defence": 20.0})
+                                   "adaptive_attack_with_defence": 20.0}, rows["rbf-chest2"])
     assert not small_drop["met"] and small_drop["drop_ok"] is False
     ens = rp.check_targets({"defence": "ensemble", "paper": {"adaptive_attack_with_defence": 0.0},
                             "original_attack_no_defence": 0.0, "original_attack_with_defence": 5.0,
-                            "adaptive_attack_with_defence": 1.5})
+                            "adaptive_attack_with_defence": 1.5}, rows["ensemble-ct-slices"])
     assert ens["met"] and ens["paper_bound"] == 2.0
 
 
@@ -95,8 +103,8 @@ def test_verdict_separates_broken_resisting_victim_and_holding_defence():
         r = {"defence": "rbf", "paper": {"adaptive_attack_with_defence": 22.9}, "original_attack_no_defence": 40.0,
              "original_attack_with_defence": 70.0, "adaptive_attack_with_defence": adaptive,
              "strong_attack_no_defence": floor}
-        r["targets"] = rp.check_targets(r)
-        return rp.verdict(r)
+        r["targets"] = rp.check_targets(r, rp.ROWS[3])
+        return verdict(r)
 
     assert row(10.0, 0.0) == "broken"
     assert row(60.0, 50.0) == "victim resists this eps"

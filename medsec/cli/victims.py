@@ -9,13 +9,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from medsec.cli.options import CacheOpt, DataRootOpt, DatasetsOpt, OutOpt, ProfileOpt, SeedOpt
 from medsec.config import cli_config
 
 console = Console()
-
-ProfileOpt = Annotated[str, typer.Option("--profile", "-p", help="quick, full, or a YAML config file")]
-DataRootOpt = Annotated[str | None, typer.Option("--data-root", help="real data in its publisher's layout")]
-CacheOpt = Annotated[str | None, typer.Option("--cache-dir", help="cache folder (default $MEDSEC_CACHE or ~/.cache/medsec)")]
 
 
 def datasets() -> None:
@@ -32,9 +29,10 @@ def datasets() -> None:
 
 def train(
     dataset: Annotated[str, typer.Option("--dataset", "-d", help="dataset name, e.g. chest2")],
-    arch: Annotated[str | None, typer.Option("--arch", "-a", help="architecture (default: the profile's victim)")] = None,
+    arch: Annotated[str | None, typer.Option("--arch", "-a", help="architecture (default: the profile's victim, "
+                                                                  "else the default of the dataset's task)")] = None,
     profile: ProfileOpt = "quick",
-    seed: Annotated[int | None, typer.Option("--seed")] = None,
+    seed: SeedOpt = None,
     data_root: DataRootOpt = None,
     cache_dir: CacheOpt = None,
 ) -> None:
@@ -49,17 +47,18 @@ def train(
 
 def evaluate(
     profile: ProfileOpt = "quick",
-    out: Annotated[Path, typer.Option("--out", "-o", help="output folder for the report")] = Path("reports/quick"),
-    dataset: Annotated[list[str] | None, typer.Option("--dataset", "-d", help="only these datasets")] = None,
+    out: OutOpt = Path("reports/quick"),
+    dataset: DatasetsOpt = None,
     data_root: DataRootOpt = None,
     cache_dir: CacheOpt = None,
 ) -> None:
     """Train/load every victim of the profile and write their clean metrics (JSON, Markdown, HTML)."""
-    from medsec.evaluation.clean import run_clean_evaluation
+    from medsec.report.clean import write_clean_report
+    from medsec.studies.clean import run_clean
 
     cfg = cli_config(profile, data_root=data_root, cache_dir=cache_dir)
-    out_dir = run_clean_evaluation(cfg, out, dataset or None)
-    console.print(f"wrote {out_dir / 'report.md'}, {out_dir / 'report.html'}, {out_dir / 'clean_metrics.json'}")
+    write_clean_report(run_clean(cfg, out, dataset or None), cfg.profile, out)
+    console.print(f"wrote {out / 'results.json'}, {out / 'report.md'}, {out / 'report.html'}")
 
 
 def register(app: typer.Typer) -> None:

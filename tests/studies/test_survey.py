@@ -41,7 +41,7 @@ def test_survey_cli_writes_every_attack_and_resumes(cache_dir, tmp_path):
     out = tmp_path / "out"
     r = runner.invoke(app, ["survey", "--profile", str(cfg), "--out", str(out)])
     assert r.exit_code == 0, r.output
-    rows = json.loads((out / "survey_results.json").read_text())["rows"]
+    rows = json.loads((out / "results.json").read_text())["rows"]
     assert {r["attack"] for r in rows} == {"patch", "onepixel", "uap", "backdoor", "feature_collision"}
     patch = sorted((r["patch_area"], r["fooling_rate"]) for r in rows if r["attack"] == "patch")
     assert patch[1][1] >= patch[0][1]  # a bigger patch fools at least as much
@@ -51,8 +51,8 @@ def test_survey_cli_writes_every_attack_and_resumes(cache_dir, tmp_path):
     assert bd["n_poisons"] == 20 and bd["trigger_success"] > bd["trigger_success_unpoisoned"]
     md = (out / "report.md").read_text()
     assert "Survey attacks" in md and "BadNets" in md and (out / "figures" / "survey_patch.png").exists()
-    stamps = {p: p.stat().st_mtime_ns for p in (out / "survey_cells").glob("*.json")}
-    assert len(stamps) == len(rows)
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")}
+    assert len(stamps) == len(rows) + 1  # and the victim's cell
     r = runner.invoke(app, ["survey", "--profile", str(cfg), "--out", str(out)])
     assert r.exit_code == 0 and all(p.stat().st_mtime_ns == m for p, m in stamps.items())
 

@@ -1,7 +1,8 @@
-"""The `medsec` command: a thin layer over the library (see DESIGN.md for the one flow).
+"""The `medsec` command: a thin layer over the library (see docs/architecture.md for the one flow).
 
-Each area registers its own commands from its module (`register(app)`), listed in COMMAND_MODULES,
-so the areas stay independent and this file stays small.
+This package is the only one that imports typer. Each command group is a module here with a
+``register(app)``; heavy imports (torch, the studies) happen inside the commands, so ``medsec --help`` and the
+integrity commands start fast.
 """
 
 from __future__ import annotations
@@ -24,15 +25,14 @@ app = typer.Typer(
 )
 err_console = Console(stderr=True)
 
-# Modules that define `register(app: typer.Typer) -> None`.
+# Modules that define `register(app: typer.Typer) -> None`, in the order of the flow.
 COMMAND_MODULES: list[str] = [
-    "medsec.commands",
-    "medsec.defences.cli",
-    "medsec.evaluation.audit_cli",
-    "medsec.data.cli",
-    "medsec.attacks.cli",
+    "medsec.cli.victims",
+    "medsec.cli.data",
+    "medsec.cli.defences",
+    "medsec.cli.attacks",
+    "medsec.cli.studies",
     "medsec.integrity.cli",
-    "medsec.evaluation.study_cli",
 ]
 
 for _mod in COMMAND_MODULES:

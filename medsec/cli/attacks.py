@@ -10,6 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from medsec.cli.options import CacheOpt, DataRootOpt, ProfileOpt, SeedOpt
+
 console = Console()
 
 
@@ -27,20 +29,19 @@ def attack(
     n: Annotated[int, typer.Option("--n", help="number of test images to attack")] = 100,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 128,
     precision: Annotated[str, typer.Option("--precision", help="auto (bf16 on CUDA), fp32 or bf16")] = "auto",
-    profile: Annotated[str, typer.Option("--profile", "-p", help="quick, full, or a YAML config")] = "quick",
-    seed: Annotated[int | None, typer.Option("--seed")] = None,
-    data_root: Annotated[str | None, typer.Option("--data-root", help="real data in its publisher's layout")] = None,
-    cache_dir: Annotated[str | None, typer.Option("--cache-dir")] = None,
+    profile: ProfileOpt = "quick",
+    seed: SeedOpt = None,
+    data_root: DataRootOpt = None,
+    cache_dir: CacheOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object instead of a table")] = False,
 ) -> None:
     """Attack the cached victim of a dataset on its first N test images."""
-    import torch
-
     from medsec.attacks.registry import build_attack
     from medsec.config import cli_config
     from medsec.errors import MedsecError
     from medsec.metrics import PRIMARY_METRIC, summarize_perturbation, task_metrics
-    from medsec.models.victims import get_victim, resolve_device
+    from medsec.models.inference import batched, resolve_device
+    from medsec.models.victims import get_victim
 
     if n < 1:
         raise MedsecError(f"--n must be >= 1, got {n}")
@@ -63,9 +64,8 @@ def attack(
     t0 = time.perf_counter()
     res = atk.run(model, x, goal)
     seconds = time.perf_counter() - t0
-    with torch.no_grad():
-        clean_out = torch.cat([model(x[i:i + batch_size]).float() for i in range(0, m, batch_size)]).cpu()
-        adv_out = torch.cat([model(res.x_adv[i:i + batch_size]).float() for i in range(0, m, batch_size)]).cpu()
+    clean_out = batched(lambda xb: model(xb).float(), x, batch_size).cpu()
+    adv_out = batched(lambda xb: model(xb).float(), res.x_adv, batch_size).cpu()
     before = task_metrics(task, clean_out, y.cpu())
     after = task_metrics(task, adv_out, y.cpu())
     pert = summarize_perturbation(x.cpu(), res.x_adv.cpu())

@@ -13,9 +13,10 @@ from medsec.config import load_config
 from medsec.data.base import DatasetInfo, Split
 from medsec.data.synthetic import GENERATORS, SyntheticSpec, register
 from medsec.errors import ConfigError, MedsecError
-from medsec.evaluation.transfer import run_transfer_study, shuffle_perturbation, study_grid
 from medsec.models.networks import build_model
 from medsec.models.victims import development_data, get_victim, load_backbone_weights
+from medsec.report.transfer import write_transfer_report
+from medsec.studies.transfer import run_transfer_study, shuffle_perturbation, study_grid
 
 
 def _bars(n: int, size: int, rng: np.random.Generator, difficulty: float) -> Split:
@@ -55,10 +56,12 @@ def test_transfer_beats_shuffled_control_and_resumes(cache_dir, tmp_path):
     cfg = tiny(cache_dir, inits=["random", "pretrained"])
     out = tmp_path / "out"
     res = run_transfer_study(cfg, out)
+    write_transfer_report(res, cfg.transfer, cfg.profile, out)
     rows = res["rows"]
     targets, surrogates = study_grid(cfg.transfer)
     n_cells = (len(surrogates) * len(targets) + len(targets)) * 2  # 2 attacks, 1 eps
-    assert len(rows) == n_cells and len(list((out / "transfer_cells").rglob("*.json"))) == n_cells
+    n_models, n_attack_cells = len(targets) + len(surrogates), (len(surrogates) + len(targets)) * 2
+    assert len(rows) == n_cells and len(list((out / "cells").glob("*.json"))) == n_models + n_attack_cells
     pgd = [r for r in rows if r["attack"] == "pgd" and r["eps"] == 0.08 and not r["whitebox"]]
     # a perturbation crafted on a surrogate lowers the target's accuracy more than the same one shuffled
     assert np.mean([r["ratio"] for r in pgd]) < np.mean([r["ratio_shuffled"] for r in pgd]) - 2
@@ -72,17 +75,17 @@ def test_transfer_beats_shuffled_control_and_resumes(cache_dir, tmp_path):
     report = (out / "report.md").read_text()
     assert "Bortsova" in report and ("reproduces" in report) and "[0, 1] pixel units" in report
     assert (out / "figures" / "transfer_pgd_arch_init.png").stat().st_size > 1000
-    data = json.loads((out / "transfer_results.json").read_text())
+    data = json.loads((out / "results.json").read_text())
     assert len(data["rows"]) == n_cells
     # a rerun skips every finished cell (no cell file is rewritten)
-    stamps = {p: p.stat().st_mtime_ns for p in (out / "transfer_cells").rglob("*.json")}
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")}
     victim = next(iter((cache_dir / "models").glob("*.pt")))
     victim_stamp = victim.stat().st_mtime_ns
     run_transfer_study(cfg, out)
     assert all(p.stat().st_mtime_ns == m for p, m in stamps.items())
     assert victim.stat().st_mtime_ns == victim_stamp
     # changed settings never reuse stale cells
-    from medsec.evaluation.transfer import settings_digest
+    from medsec.studies.transfer import settings_digest
 
     assert settings_digest(tiny(cache_dir, epochs=5)) != settings_digest(cfg)
     assert settings_digest(tiny(cache_dir, eps=[0.08, 0.1])) == settings_digest(cfg)  # more cells, same settings
@@ -98,8 +101,8 @@ def test_shuffle_keeps_the_perturbation_values():
 
 def test_development_variants_are_disjoint_and_sized(cache_dir):
     cfg = tiny(cache_dir)
-    from medsec.evaluation.transfer import study_config
     from medsec.models.victims import experiment_dataset
+    from medsec.studies.transfer import study_config
 
     data = experiment_dataset(study_config(cfg, "toy-blobs", "resnet20"), "toy-blobs")
     d = {v: development_data(data, v, 0) for v in ("d1", "d2", "d3", "d0")}

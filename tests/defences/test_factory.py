@@ -10,7 +10,8 @@ from medsec.cli import app
 from medsec.config import load_config
 from medsec.defences.factory import get_defence
 from medsec.errors import MedsecError
-from medsec.evaluation.li_zhu import ATTACKS, METHODS, PAPER, SETTINGS, li_zhu_report
+from medsec.report.li_zhu import li_zhu_report
+from medsec.studies.li_zhu import ATTACKS, METHODS, PAPER, SETTINGS
 
 runner = CliRunner()
 TINY = """

@@ -19,14 +19,10 @@ stronger transfer). One result file per (surrogate, target, attack, eps) cell; a
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import textwrap
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +36,8 @@ from medsec.metrics import PRIMARY_METRIC, task_metrics
 from medsec.models.networks import CLASSIFIER_ARCHS, describe
 from medsec.models.training import predict
 from medsec.models.victims import DATA_VARIANTS, Victim, get_victim, resolve_device
-from medsec.paths import ensure_writable_dir, write_text_atomic
-from medsec.report import Report, markdown_table, run_provenance
-from medsec.studies.grid import CellStore
+from medsec.studies.common import StudyOutput, provenance
+from medsec.studies.grid import Cell, Executor, cell_key, digest, run_grid
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +122,7 @@ def settings_digest(cfg: ExperimentConfig) -> str:
     payload = {"t": {k: v for k, v in t.model_dump().items() if k not in _GRID_FIELDS},
                "weights": {a: file_digest(p) for a, p in sorted(t.weights.items())},
                "cfg": cfg.digest("data", "train"), "seed": cfg.seed, "device": cfg.device}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:10]
+    return digest(payload, 10)
 
 
 def check_weights_files(cfg: ExperimentConfig) -> None:
@@ -202,12 +197,12 @@ class ModelPool:
 
 def make_attack(name: str, eps: float, t: TransferConfig) -> Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]:
     """FGSM or Bortsova's iterative FGSM / PGD-20 (step pgd_alpha, no random start) at `eps`."""
-    from medsec.attacks import FGSM, PGD
+    from medsec.attacks.registry import build_attack
 
     if name == "fgsm":
-        return FGSM(eps=eps)
+        return build_attack(name, eps)
     if name == "pgd":
-        return PGD(eps=eps, alpha=min(t.pgd_alpha, eps), steps=t.pgd_steps, random_start=False)
+        return build_attack(name, eps, alpha=min(t.pgd_alpha, eps), steps=t.pgd_steps, random_start=False)
     raise MedsecError(f"unknown transfer attack {name!r}")
 
 
@@ -243,70 +238,81 @@ def transfer_cell(target: nn.Module, task: str, clean: float, y: torch.Tensor, x
 
 
 # ------------------------------------------------------------------------------------------------------------
-# The study
+# The study: one cell per model, then one per (surrogate, attack, eps) scoring every target
 # ------------------------------------------------------------------------------------------------------------
 
-def run_transfer_study(cfg: ExperimentConfig, out: str | Path) -> dict[str, Any]:
-    """Run (or resume) the study; writes cells, results.json, figures and the report under `out`."""
+def fit_model(cfg: ExperimentConfig, spec: ModelSpec) -> dict[str, Any]:
+    """Cell: train (or load) one model of the study; its summary."""
+    return {"id": spec.id, **model_summary(ModelPool(cfg).get(spec))}
+
+
+def attack_cell(cfg: ExperimentConfig, surrogate: ModelSpec, targets: list[ModelSpec], attack: str,
+                eps: float) -> dict[str, Any]:
+    """Cell: craft on `surrogate` at `eps` once, score every target (and the shuffled control) on it."""
     t = cfg.transfer
-    check_transfer_config(t)
-    check_weights_files(cfg)
-    started, t0 = datetime.now(UTC), time.perf_counter()
-    out_dir = ensure_writable_dir(out)
-    store = CellStore(out_dir / "transfer_cells" / settings_digest(cfg))
     device = resolve_device(cfg.device)
-    targets, surrogates = study_grid(t)
     pool = ModelPool(cfg)
-    tgt_models = {s.id: pool.get(s) for s in targets}
-    first = next(iter(tgt_models.values()))
-    data, task = first.data, first.data.info.task
+    sv = pool.get(surrogate)
+    sv.model.eval()
+    data, task = sv.data, sv.data.info.task
     n = min(t.n_eval, len(data.test))
     x, y = data.test.images(np.arange(n)).to(device), data.test.target_tensor(np.arange(n)).to(device)
+    c0 = time.perf_counter()
+    x_adv = make_attack(attack, eps, t)(sv.model, x, y).detach()
+    craft_s = time.perf_counter() - c0
+    x_ctrl = shuffle_perturbation(x, x_adv, seed=cfg.seed)
+    rows = []
+    for tg in targets:
+        tv = pool.get(tg)
+        clean = primary_metric(task, predict(tv.model, x, device=device), y)
+        res = transfer_cell(tv.model, task, clean, y, x_adv, x_ctrl, device)
+        res.update(_cell_meta(surrogate, tg, attack, eps, n, craft_s, sv, tv))
+        rows.append(res)
+    return {"rows": rows}
+
+
+def transfer_grid(cfg: ExperimentConfig) -> list[Cell]:
+    """Model cells, then the attack cells (each after its surrogate's and its targets' cells)."""
+    t = cfg.transfer
+    tag = settings_digest(cfg)
+    targets, surrogates = study_grid(t)
+    models = {s.id: Cell(cell_key("model", s.id, tag), fit_model, {"cfg": cfg, "spec": s})
+              for s in [*targets, *surrogates]}
     pairs: list[tuple[ModelSpec, list[ModelSpec]]] = [(s, targets) for s in surrogates]
     if t.whitebox:
         pairs += [(tg, [tg]) for tg in targets]
-    clean: dict[str, float] = {}  # each target's clean metric on x, computed when a cell first needs it
-    rows: list[dict[str, Any]] = []
-    for s_spec, tgs in pairs:
+    cells = list(models.values())
+    for s, tgs in pairs:
+        kind = "whitebox" if tgs == [s] else "transfer"
         for attack in t.attacks:
             for eps in t.eps:
-                keys = {tg.id: f"{s_spec.id}__{tg.id}__{attack}__eps{eps:g}" for tg in tgs}
-                todo = [tg for tg in tgs if store.get(keys[tg.id]) is None]
-                if todo:
-                    sv = pool.get(s_spec)  # targets stay in the pool; surrogates are dropped after their cells
-                    sv.model.eval()
-                    c0 = time.perf_counter()
-                    x_adv = make_attack(attack, eps, t)(sv.model, x, y).detach()
-                    craft_s = time.perf_counter() - c0
-                    x_ctrl = shuffle_perturbation(x, x_adv, seed=cfg.seed)
-                    for tg in todo:
-                        tv = tgt_models[tg.id]
-                        if tg.id not in clean:
-                            clean[tg.id] = primary_metric(task, predict(tv.model, x, device=device), y)
-                        res = transfer_cell(tv.model, task, clean[tg.id], y, x_adv, x_ctrl, device)
-                        res.update(_cell_meta(s_spec, tg, attack, eps, n, craft_s, sv, tv))
-                        store.put(keys[tg.id], res)
-                for tg in tgs:
-                    got = store.get(keys[tg.id])
-                    assert got is not None
-                    rows.append(got)
-        if s_spec.role == "surrogate":
-            pool.drop(s_spec)
-    seconds = time.perf_counter() - t0
-    result = {"rows": rows, "dataset": data.info.label, "task": task, "metric": PRIMARY_METRIC[task],
+                cells.append(Cell(cell_key(kind, s.id, attack, f"eps{eps:g}", tag), attack_cell,
+                                  {"cfg": cfg, "surrogate": s, "targets": tgs, "attack": attack, "eps": eps},
+                                  after=tuple(dict.fromkeys(models[m.id].key for m in [s, *tgs]))))
+    return cells
+
+
+def run_transfer_study(cfg: ExperimentConfig, out_dir: str | Path, executor: Executor | None = None
+                       ) -> dict[str, Any]:
+    """Run (or resume) the study; writes cells and results.json under `out_dir` and returns the result."""
+    t = cfg.transfer
+    check_transfer_config(t)
+    check_weights_files(cfg)
+    out = StudyOutput.at(out_dir)
+    cells = transfer_grid(cfg)
+    done = run_grid(cells, out.store, executor, title="transferability (Bortsova et al.)")
+    rows = [r for c in cells if c.fn is attack_cell for r in done[c.key]["rows"]]
+    targets, _ = study_grid(t)
+    first = ModelPool(cfg).get(targets[0]).data
+    task = first.info.task
+    result = {"rows": rows, "dataset": first.info.label, "task": task, "metric": PRIMARY_METRIC[task],
               "eps_units": "[0,1] pixel units (Bortsova et al.'s [-1,1] eps is twice these values)",
-              "models": {**{k: _model_summary(v) for k, v in tgt_models.items()}},
-              "provenance": run_provenance(cfg.to_yaml(), str(device), started, seconds,
-                                           {"seed": cfg.seed, "target_seed": t.target_seed,
-                                            "surrogate_seed": t.surrogate_seed, "pretrain_seed": t.pretrain_seed})}
-    findings = bortsova_findings(rows, t)
-    result["findings"] = findings
-    write_text_atomic(out_dir / "transfer_results.json", json.dumps(result, indent=2, default=str))
-    figures = transfer_figures(rows, t, out_dir / "figures")
-    report = Report(f"medsec transferability study ({cfg.profile} profile)")
-    report.add("Transferability (Bortsova et al.)", transfer_markdown(result, t, figures, out_dir))
-    report.write(out_dir)
-    result["figures"] = [str(f) for f in figures]
+              "models": {c.kwargs["spec"].id: done[c.key] for c in cells
+                         if c.fn is fit_model and c.kwargs["spec"].role == "target"},
+              "provenance": provenance(cfg, out, {"seed": cfg.seed, "target_seed": t.target_seed,
+                                                  "surrogate_seed": t.surrogate_seed, "pretrain_seed": t.pretrain_seed}),
+              "findings": bortsova_findings(rows, t)}
+    out.write_results(result)
     return result
 
 
@@ -319,16 +325,18 @@ def _cell_meta(s: ModelSpec, tg: ModelSpec, attack: str, eps: float, n: int, cra
             "s_clean_test": sv.meta.get("test"), "t_clean_test": tv.meta.get("test")}
 
 
-def _model_summary(v: Victim) -> dict[str, Any]:
+def model_summary(v: Victim) -> dict[str, Any]:
+    """What the results keep of a model: architecture, data, seed, clean metrics, training time."""
     keys = ("arch_label", "data_variant", "n_train", "seed", "test", "val", "epochs", "train_seconds", "init_digest")
     return {k: v.meta.get(k) for k in keys}
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Findings, figures, report
+# Findings
 # ------------------------------------------------------------------------------------------------------------
 
-def _mean(rows: list[dict[str, Any]], key: str = "ratio") -> float:
+def mean_ratio(rows: list[dict[str, Any]], key: str = "ratio") -> float:
+    """Mean of `key` over rows where it is a number (NaN when none is)."""
     vals = [r[key] for r in rows if r.get(key) is not None and r[key] == r[key]]
     return float(np.mean(vals)) if vals else float("nan")
 
@@ -347,157 +355,31 @@ def bortsova_findings(rows: list[dict[str, Any]], t: TransferConfig) -> list[dic
         pre = [r for r in d1 if r["s_init"] == r["t_init"] == "pretrained"]
         rnd = [r for r in d1 if r["s_init"] == r["t_init"] == "random"]
         if pre and rnd:
-            a, b = _mean(pre), _mean(rnd)
+            a, b = mean_ratio(pre), mean_ratio(rnd)
             out.append({"finding": "pretraining raises transfer", "attack": attack,
                         "pretrained": a, "random": b, "reproduced": bool(a < b),
-                        "pretrained_same_arch": _mean([r for r in pre if r["s_arch"] == r["t_arch"]]),
-                        "random_same_arch": _mean([r for r in rnd if r["s_arch"] == r["t_arch"]]),
-                        "pretrained_diff_arch": _mean([r for r in pre if r["s_arch"] != r["t_arch"]]),
-                        "random_diff_arch": _mean([r for r in rnd if r["s_arch"] != r["t_arch"]])})
+                        "pretrained_same_arch": mean_ratio([r for r in pre if r["s_arch"] == r["t_arch"]]),
+                        "random_same_arch": mean_ratio([r for r in rnd if r["s_arch"] == r["t_arch"]]),
+                        "pretrained_diff_arch": mean_ratio([r for r in pre if r["s_arch"] != r["t_arch"]]),
+                        "random_diff_arch": mean_ratio([r for r in rnd if r["s_arch"] != r["t_arch"]])})
         same_init = [r for r in rr if r["s_init"] == r["t_init"] and r["s_init"] in t.data_variant_inits]
         same = [r for r in same_init if r["s_data"] == "d1" and r["s_arch"] == r["t_arch"]]
         other = [r for r in same_init if r["s_data"] != "d1" and r["s_arch"] == r["t_arch"]]
         if same and other:
-            a, b = _mean(same), _mean(other)
-            per = {v: _mean([r for r in other if r["s_data"] == v]) for v in t.data_variants}
+            a, b = mean_ratio(same), mean_ratio(other)
+            per = {v: mean_ratio([r for r in other if r["s_data"] == v]) for v in t.data_variants}
             out.append({"finding": "different development data lowers transfer", "attack": attack,
                         "same_data": a, "different_data": b, "per_variant": per, "reproduced": bool(b > a)})
         diff_arch = [r for r in same_init if r["s_data"] != "d1" and r["s_arch"] != r["t_arch"]]
         if other and diff_arch:
-            a, b = _mean(other), _mean(diff_arch)
+            a, b = mean_ratio(other), mean_ratio(diff_arch)
             out.append({"finding": "a different architecture lowers it further", "attack": attack,
                         "different_data_same_arch": a, "different_data_different_arch": b,
-                        "same_data_different_arch": _mean([r for r in same_init if r["s_data"] == "d1"
+                        "same_data_different_arch": mean_ratio([r for r in same_init if r["s_data"] == "d1"
                                                           and r["s_arch"] != r["t_arch"]]),
                         "reproduced": bool(b > a)})
         if rr:
             out.append({"finding": "crafted perturbations beat the shuffled control", "attack": attack,
-                        "adversarial": _mean(rr), "shuffled": _mean(rr, "ratio_shuffled"),
-                        "reproduced": bool(_mean(rr) < _mean(rr, "ratio_shuffled"))})
+                        "adversarial": mean_ratio(rr), "shuffled": mean_ratio(rr, "ratio_shuffled"),
+                        "reproduced": bool(mean_ratio(rr) < mean_ratio(rr, "ratio_shuffled"))})
     return out
-
-
-def _label(arch: str, init: str, data: str | None = None) -> str:
-    return f"{arch}/{init}" + (f"/{data}" if data else "")
-
-
-def transfer_matrix(rows: list[dict[str, Any]], attack: str, eps: float, s_data: str = "d1"
-                    ) -> tuple[list[str], list[str], np.ndarray]:
-    """(surrogate labels, target labels, ratio matrix) for one attack and eps (d1 surrogates by default)."""
-    rr = [r for r in rows if r["attack"] == attack and abs(r["eps"] - eps) < 1e-12 and not r["whitebox"]
-          and r["s_data"] == s_data]
-    s_labels = sorted({_label(r["s_arch"], r["s_init"]) for r in rr})
-    t_labels = sorted({_label(r["t_arch"], r["t_init"]) for r in rr})
-    m = np.full((len(s_labels), len(t_labels)), np.nan)
-    for r in rr:
-        m[s_labels.index(_label(r["s_arch"], r["s_init"])), t_labels.index(_label(r["t_arch"], r["t_init"]))] = r["ratio"]
-    return s_labels, t_labels, m
-
-
-def data_matrix(rows: list[dict[str, Any]], attack: str, eps: float, t: TransferConfig
-                ) -> tuple[list[str], list[str], np.ndarray]:
-    """(surrogate arch/init/data labels, target labels, ratio matrix) for same-init pairs of the data variants."""
-    rr = [r for r in rows if r["attack"] == attack and abs(r["eps"] - eps) < 1e-12 and not r["whitebox"]
-          and r["s_init"] == r["t_init"] and r["s_init"] in t.data_variant_inits]
-    order = ["d1", *t.data_variants]
-    s_keys = sorted({(r["s_arch"], r["s_init"], r["s_data"]) for r in rr}, key=lambda k: (k[0], k[1], order.index(k[2])))
-    t_labels = sorted({_label(r["t_arch"], r["t_init"]) for r in rr})
-    m = np.full((len(s_keys), len(t_labels)), np.nan)
-    for r in rr:
-        m[s_keys.index((r["s_arch"], r["s_init"], r["s_data"])), t_labels.index(_label(r["t_arch"], r["t_init"]))] = r["ratio"]
-    return [_label(*k) for k in s_keys], t_labels, m
-
-
-def _heatmap(path: Path, rows_l: list[str], cols_l: list[str], m: np.ndarray, title: str) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(max(5.5, 2.5 + 0.9 * len(cols_l)), max(3.5, 1.8 + 0.4 * len(rows_l))))
-    im = ax.imshow(m, cmap="viridis", vmin=0, vmax=max(100.0, float(np.nanmax(m)) if m.size else 100.0))
-    ax.set_xticks(range(len(cols_l)), cols_l, rotation=40, ha="right", fontsize=8)
-    ax.set_yticks(range(len(rows_l)), rows_l, fontsize=8)
-    ax.set_xlabel("target")
-    ax.set_ylabel("surrogate")
-    for i in range(m.shape[0]):
-        for j in range(m.shape[1]):
-            if m[i, j] == m[i, j]:
-                ax.text(j, i, f"{m[i, j]:.0f}", ha="center", va="center", fontsize=7,
-                        color="white" if m[i, j] < 60 else "black")
-    ax.set_title("\n".join(textwrap.wrap(title, 60)), fontsize=8)
-    fig.colorbar(im, ax=ax, label="100 x metric adv / clean")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def transfer_figures(rows: list[dict[str, Any]], t: TransferConfig, folder: Path) -> list[Path]:
-    """Heat maps of the transfer matrix (architecture x init) and of the data variants, per attack."""
-    paths = []
-    for attack in t.attacks:
-        s_l, t_l, m = transfer_matrix(rows, attack, t.main_eps)
-        if m.size:
-            paths.append(_heatmap(folder / f"transfer_{attack}_arch_init.png", s_l, t_l, m,
-                                  f"{attack.upper()} eps={t.main_eps:g} ([0,1] units): surrogate on d1 -> target on d1"))
-        s_l, t_l, m = data_matrix(rows, attack, t.main_eps, t)
-        if m.size:
-            paths.append(_heatmap(folder / f"transfer_{attack}_data.png", s_l, t_l, m,
-                                  f"{attack.upper()} eps={t.main_eps:g}: development data of the surrogate"))
-    return paths
-
-
-def transfer_markdown(result: dict[str, Any], t: TransferConfig, figures: list[Path], out_dir: Path) -> str:
-    """The report section: setup, eps sweep, findings with their numbers, figures."""
-    rows = result["rows"]
-    metric = result["metric"]
-    lines = [
-        f"Limited-knowledge attacker (Bortsova et al. 2021) on **{result['dataset']}**, metric = 100 x target "
-        f"{metric} on adversarial / on clean images (lower = stronger transfer; 100 = no effect). "
-        f"eps in [0, 1] pixel units (Bortsova et al.'s [-1, 1] eps 0.02 is 0.01 here); PGD = {t.pgd_steps} steps of "
-        f"{t.pgd_alpha:g}, no random start. {result['rows'][0]['n'] if rows else 0} test images attacked.",
-        "",
-        f"Models: {', '.join(t.archs)} scaled by width x{t.width:g} and depth x{t.depth:g} "
-        f"({describe(t.archs[0], t.width, t.depth)} etc.), {t.n_train // 2} training images in d1, "
-        f"{t.epochs} epochs of batch {t.batch_size}"
-        + (f", synthetic difficulty {t.difficulty:g}" if t.difficulty is not None else "")
-        + f"; 'pretrained' = backbone trained first on {t.pretrain_source} (synthetic stand-in for "
-        f"ImageNet pretraining, shared by target and surrogate)"
-        + (", 'file' = user weights" if t.weights else "") + ". Targets use d1 and seed "
-        f"{t.target_seed}; surrogates seed {t.surrogate_seed}.",
-        "",
-    ]
-    models = result.get("models", {})
-    if models:
-        mrows = [[k, f"{100 * v['test'].get(metric, float('nan')):.1f}" if v.get("test") else "n/a", v.get("n_train")]
-                 for k, v in models.items()]
-        lines += ["Targets' clean test " + metric + " (%):", "", markdown_table(["target", metric, "train images"], mrows), ""]
-    lines += ["### Findings of Bortsova et al. on this data", ""]
-    for f in result["findings"]:
-        nums = ", ".join(f"{k} {v:.1f}" for k, v in f.items() if isinstance(v, float))
-        if "per_variant" in f:
-            nums += ", " + ", ".join(f"{k} {v:.1f}" for k, v in f["per_variant"].items())
-        lines.append(f"- **{f['finding']}** ({f['attack'].upper()}, eps {t.main_eps:g}): "
-                     f"{'reproduces' if f['reproduced'] else 'does not reproduce'} — {nums}.")
-    lines += ["", "### Eps sweep (mean ratio over surrogate -> target pairs)", ""]
-    sweep = []
-    for attack in t.attacks:
-        for eps in t.eps:
-            rr = [r for r in rows if r["attack"] == attack and abs(r["eps"] - eps) < 1e-12]
-            bb = [r for r in rr if not r["whitebox"]]
-            wb = [r for r in rr if r["whitebox"]]
-            sweep.append([attack.upper(), f"{eps:g}", _mean([r for r in bb if r["s_data"] == "d1" and r["s_arch"] == r["t_arch"] and r["s_init"] == r["t_init"]]),
-                          _mean([r for r in bb if r["s_data"] == "d1" and r["s_arch"] != r["t_arch"]]),
-                          _mean([r for r in bb if r["s_data"] != "d1"]), _mean(bb, "ratio_shuffled"), _mean(wb)])
-    lines.append(markdown_table(["attack", "eps", "same arch+init, d1", "different arch, d1", "different data",
-                                 "shuffled control", "white-box"], sweep))
-    for attack in t.attacks:
-        s_l, t_l, m = transfer_matrix(rows, attack, t.main_eps)
-        if m.size:
-            lines += ["", f"### {attack.upper()} transfer matrix, eps {t.main_eps:g} (rows surrogate, columns target)", "",
-                      markdown_table(["surrogate \\ target", *t_l], [[s, *[float(v) for v in m[i]]] for i, s in enumerate(s_l)])]
-    if figures:
-        lines += [""] + [f"![{p.stem}]({p.relative_to(out_dir).as_posix()})" for p in figures]
-    return "\n".join(lines)

@@ -20,7 +20,7 @@ victims: {toy-blobs: {arch: resnet20, width: 0.5, depth: 0.34}}
     out = tmp_path / "out"
     r = runner.invoke(app, ["evaluate", "--profile", str(cfg), "--out", str(out)])
     assert r.exit_code == 0, r.output
-    rows = json.loads((out / "clean_metrics.json").read_text())["rows"]
+    rows = json.loads((out / "results.json").read_text())["rows"]
     assert rows[0]["dataset"] == "toy-blobs" and rows[0]["synthetic"] is True
     md = (out / "report.md").read_text()
     assert "toy-blobs (synthetic)" in md and "synthetic" in (out / "report.html").read_text()
@@ -90,7 +90,7 @@ def test_console_errors_have_no_traceback_and_exit_2(cache_dir):
 
 def test_integrity_section_refuses_planted_adversarial_pixels(cache_dir, tmp_path):
     from medsec.config import config_from_dict
-    from medsec.evaluation.clean import integrity_section
+    from medsec.studies.clean import integrity_section
 
     cfg = config_from_dict({"data": {"image_size": 24, "n_train": 80, "n_val": 30, "n_test": 30},
                             "train": {"epochs": 2, "batch_size": 32},
