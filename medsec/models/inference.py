@@ -7,12 +7,16 @@ for any batch size up to float round-off of the backend's kernels.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from medsec.errors import MedsecError
+
+log = logging.getLogger(__name__)
+_TWO_PASSES: set[str] = set()
 
 
 @torch.no_grad()
@@ -44,3 +48,22 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise MedsecError(f"device {name!r} requested but CUDA is not available")
     return torch.device(name)
+
+
+def logits_and_features(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model contract for losses that read hidden features: (logits, (N, D) features). One pass through
+    ``forward_features(x)`` when the model has it (medsec's networks do); else two, ``model(x)`` and
+    ``features(x)`` (a user's network that only has ``features``), said once per class in the log."""
+    ff = getattr(model, "forward_features", None)
+    if callable(ff):
+        out, feats = ff(x)
+        return out, feats
+    feat = getattr(model, "features", None)
+    if callable(feat):
+        name = type(model).__name__
+        if name not in _TWO_PASSES:
+            _TWO_PASSES.add(name)
+            log.info("%s has features(x) but no forward_features(x): logits and features take two passes", name)
+        return model(x), feat(x)
+    raise MedsecError(f"the attack's loss needs features but {type(model).__name__} has neither "
+                      "forward_features(x) (logits and features in one pass) nor features(x)")

@@ -38,7 +38,7 @@ from medsec.attacks.adaptive.strategies import (
     sign_average,
 )
 from medsec.attacks.apgd import APGD
-from medsec.attacks.core import Attack, AttackResult, check_eps, check_images, check_positive_int
+from medsec.attacks.core import Attack, AttackResult, CompositeAttack, check_eps, check_positive_int
 from medsec.attacks.engine import PGD
 from medsec.attacks.losses import ExtraTerm, Loss, Margin, Selective
 from medsec.defences.base import exposed, is_detector
@@ -53,13 +53,17 @@ def task_of(model: nn.Module, x: Tensor, y: Tensor) -> str:
         return task_of_outputs(model(x[:1]), y)
 
 
-class Recipe:
-    """Base of the per-defence adaptive attacks: eps in [0, 1] pixel units (L_inf), steps, restarts, seed."""
+class Recipe(CompositeAttack):
+    """Base of the per-defence adaptive attacks: eps in [0, 1] pixel units (L_inf), steps, restarts, seed.
+    Called on the DEFENCE like any attack: ``recipe(defence, x, y) -> x_adv``, ``recipe.run(defence, x, y) ->
+    AttackResult`` (success = the defended system is fooled and the detector evaded)."""
 
     name = "recipe"
     strategies: tuple[str, ...] = ()
+    eps: float
 
     def __init__(self, eps: float, steps: int = 100, restarts: int = 2, seed: int | None = 0) -> None:
+        super().__init__(seed=seed)
         e = check_eps(eps)
         assert e is not None
         if e > 1:
@@ -68,18 +72,6 @@ class Recipe:
         self.steps = check_positive_int(steps, "steps")
         self.restarts = check_positive_int(restarts, "restarts")
         self.seed = seed
-
-    def __call__(self, defence: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        """The adversarial images (inside the eps ball, in [0, 1])."""
-        return self.run(defence, x, y).x_adv
-
-    def run(self, defence: nn.Module, x: Tensor, y: Tensor) -> AttackResult:
-        """Attack the defended system; success = the defended system is fooled (and the detector evaded)."""
-        x = check_images(x)
-        return self._run(defence, x, y.to(x.device))
-
-    def _run(self, defence: nn.Module, x: Tensor, y: Tensor) -> AttackResult:
-        raise NotImplementedError
 
     def describe(self) -> str:
         """One line for reports: the recipe, its budget and the strategies it uses."""
@@ -123,7 +115,7 @@ class MGMRecipe(Recipe):
         self.lam, self.lam_start, self.kappa = float(lam), float(lam_start), float(kappa)
         self.exact = bool(exact)
 
-    def _run(self, defence: nn.Module, x: Tensor, y: Tensor) -> AttackResult:
+    def _compose(self, defence: nn.Module, x: Tensor, y: Tensor) -> AttackResult:
         ex = exposed(defence)
         clf = _need(ex, "classifier", defence, "MGM")
         mean = _need(ex, "mean", defence, "MGM")
@@ -179,7 +171,7 @@ class GMMRecipe(Recipe):
         self.lam, self.lam_start, self.kappa = float(lam), float(lam_start), float(kappa)
         self.exact = bool(exact)
 
-    def _run(self, defence: nn.Module, x: Tensor, y: Tensor) -> AttackResult:
+    def _compose(self, defence: nn.Module, x: Tensor, y: Tensor) -> AttackResult:
         ex = exposed(defence)
         clf = _need(ex, "classifier", defence, "GMM")
         gaussians = list(_need(ex, "gaussians", defence, "GMM"))
@@ -231,7 +223,7 @@ class EnsembleRecipe(Recipe):
     def __init__(self, eps: float, steps: int = 20, restarts: int = 2, seed: int | None = 0) -> None:
         super().__init__(eps, steps, restarts, seed)
 
-    def _run(self, defence: nn.Module, x: Tensor, y: Tensor) -> AttackResult:
+    def _compose(self, defence: nn.Module, x: Tensor, y: Tensor) -> AttackResult:
         ex = exposed(defence)
         members = list(_need(ex, "members", defence, "Ensemble"))
         task = task_of(defence, x, y)
@@ -275,7 +267,7 @@ class DenoiserRecipe(Recipe):
             self.surrogates = [self.factory(1000 + i).eval() for i in range(self.n_surrogates)]
         return self.surrogates
 
-    def _run(self, defence: nn.Module, x: Tensor, y: Tensor) -> AttackResult:
+    def _compose(self, defence: nn.Module, x: Tensor, y: Tensor) -> AttackResult:
         task = task_of(defence, x, y)
         atk = SurrogateTransfer(self._models(), self.eps, steps=self.steps, restarts=self.restarts, seed=self.seed)
         return _finish(atk.run(defence, x, y), defence, y, task)
@@ -288,7 +280,7 @@ class RBFRecipe(Recipe):
     name = "rbf-adaptive"
     strategies = ("incremental (many small steps, APGD)", "diversity (several attacks)", "restarts")
 
-    def _run(self, defence: nn.Module, x: Tensor, y: Tensor) -> AttackResult:
+    def _compose(self, defence: nn.Module, x: Tensor, y: Tensor) -> AttackResult:
         task = task_of(defence, x, y)
         with torch.no_grad():
             k = int(defence(x[:1]).shape[1])
@@ -310,7 +302,7 @@ class DetectorRecipe(Recipe):
         super().__init__(eps, steps, restarts, seed)
         self.lam, self.kappa = float(lam), float(kappa)
 
-    def _run(self, defence: nn.Module, x: Tensor, y: Tensor) -> AttackResult:
+    def _compose(self, defence: nn.Module, x: Tensor, y: Tensor) -> AttackResult:
         task = task_of(defence, x, y)
         loss: Loss = Selective(Margin(self.kappa), detector_term(defence, _score_scale(defence, x)), ramp(0.1 * self.lam, self.lam))
         succ = accepted_by(defence) if is_detector(defence) else None

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from medsec.attacks.apgd import APGD
-from medsec.attacks.core import Attack, AttackResult, SuccessFn, check_eps, check_images
+from medsec.attacks.core import Attack, AttackResult, CompositeAttack, SuccessFn, check_eps
 from medsec.attacks.engine import MIM, PGD, GradientAttack, mean_of_signs
 from medsec.attacks.losses import ExtraTerm, Loss, Schedule
 from medsec.defences.base import rejected
@@ -201,7 +201,7 @@ def quality(defence: Any, x_adv: Tensor, y: Tensor, task: str, finding: Tensor |
     return system_quality(z, y, task, rejected(defence, x_adv), finding)
 
 
-class BestOf(Attack):
+class BestOf(CompositeAttack):
     """Strategy 4 (and AutoAttack's diversity): run several attacks (each with its own restarts) and keep,
     per sample, the candidate with the lowest `objective(x_adv, y)` (default: :func:`quality` on the model
     given at call time). The clean input is a candidate too, so the result is never worse than no attack.
@@ -229,8 +229,7 @@ class BestOf(Attack):
         if len(budgets) == 1:
             self.norm, self.eps = next(iter(budgets))
 
-    def run(self, model: nn.Module, x: Tensor, y: Tensor, verify: bool = True) -> AttackResult:
-        x = check_images(x)
+    def _compose(self, model: nn.Module, x: Tensor, y: Tensor) -> AttackResult:
         obj = self.objective or (lambda xa, yy: quality(model, xa, yy, self.task_name))
         best_x = x.detach().clone()
         best_q = obj(best_x, y).float()
@@ -246,11 +245,8 @@ class BestOf(Attack):
                     chosen[i] = name
         return AttackResult(best_x, best_q < 1.0, {"chosen": chosen, "quality": best_q})
 
-    def _attack(self, ctx: Any) -> AttackResult:  # pragma: no cover - run() is overridden
-        raise NotImplementedError
 
-
-class SurrogateTransfer(Attack):
+class SurrogateTransfer(CompositeAttack):
     """Strategy 5 for limited knowledge (Levy et al. 4.4): craft on an ensemble of surrogate models of the
     defence's architecture (sign-averaged gradients, eq. 3, iterated; and momentum on their summed loss), run
     several restarts, and keep per
@@ -261,9 +257,9 @@ class SurrogateTransfer(Attack):
 
     def __init__(self, surrogates: Sequence[nn.Module], eps: float, steps: int = 20, restarts: int = 3,
                  loss: str | Loss = "ce", **kw: Any) -> None:
-        super().__init__(**kw)
         if not surrogates:
             raise MedsecError("SurrogateTransfer needs at least one surrogate model")
+        super().__init__(grad_model=list(surrogates), **kw)  # guarded with the model under attack
         self.surrogates = list(surrogates)
         self.eps = check_eps(eps)
         self.steps = steps
@@ -296,19 +292,13 @@ class SurrogateTransfer(Attack):
         k = len(self.surrogates)
         return fooled / k * 1e3 + loss / k  # fooling more surrogates first, then a higher loss
 
-    def run(self, model: nn.Module, x: Tensor, y: Tensor, verify: bool = True) -> AttackResult:
-        x = check_images(x)
-        y = y.to(x.device)
+    def _compose(self, model: nn.Module, x: Tensor, y: Tensor) -> AttackResult:
         best_x, best_e = x.detach().clone(), torch.full((x.shape[0],), -math.inf, device=x.device)
         for cand in self._candidates(x, y):
             e = self._effectiveness(cand, y)
             better = e > best_e
             best_x[better] = cand[better]
             best_e = torch.where(better, e, best_e)
-        with torch.no_grad():
-            z = torch.cat([model(best_x[i:i + 128]).float() for i in range(0, x.shape[0], 128)])
+        z = batched(lambda xb: model(xb).float(), best_x, 128)
         succ = z.argmax(1) != y if z.ndim == 2 and y.ndim == 1 else torch.zeros(x.shape[0], dtype=torch.bool)
         return AttackResult(best_x, succ, {"surrogate_effectiveness": best_e})
-
-    def _attack(self, ctx: Any) -> AttackResult:  # pragma: no cover - run() is overridden
-        raise NotImplementedError

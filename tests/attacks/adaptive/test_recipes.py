@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.adaptive.conftest import TINY, spec, trained
 
 from medsec.attacks import FGSM, PGD
 from medsec.attacks.adaptive import (
@@ -22,6 +21,7 @@ from medsec.attacks.adaptive import (
 )
 from medsec.defences import GMM, MGM, RBF, Denoiser, Ensemble, build_network
 from medsec.errors import MedsecError
+from tests.attacks.adaptive.conftest import TINY, spec, trained
 
 
 def _handled(defence, x_adv, y) -> float:
