@@ -32,6 +32,7 @@ COMMANDS: dict[str, str] = {
     "keygen": "medsec.integrity.cli",
     "sign": "medsec.integrity.cli",
     "verify": "medsec.integrity.cli",
+    "timestamp": "medsec.integrity.timestamp_cli",
     "infer": "medsec.integrity.cli",
     "serve": "medsec.integrity.cli",
     "transfer": "medsec.evaluation.study_cli",

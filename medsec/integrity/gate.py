@@ -34,6 +34,7 @@ EXIT_CODES: dict[str, int] = {
     "cert-time": 14,
     "pixels-not-covered": 15,
     "unsupported": 16,
+    "timestamp": 17,
 }
 REASON_TEXT: dict[str, str] = {
     "ok": "valid trusted signature covering Pixel Data and the SOP/Study/Series Instance UIDs",
@@ -45,6 +46,8 @@ REASON_TEXT: dict[str, str] = {
     "pixels-not-covered": "valid trusted signature(s), but none covers Pixel Data, its interpretation "
     "attributes (Rows, Columns, bits, photometric interpretation, ...) and the SOP/Study/Series Instance UIDs",
     "unsupported": "a signature uses an algorithm this machine cannot check (e.g. RIPEMD-160 missing)",
+    "timestamp": "a certified timestamp (RFC 3161) does not verify: altered, issued for another signature, "
+    "or its timestamp authority is not trusted",
 }
 
 
@@ -99,6 +102,9 @@ def decide(reports: list[SignatureReport]) -> tuple[str, str, str | None]:
     for r in reports:
         if r.status == "unsupported":
             return "unsupported", f"signature {r.uid or '?'} ({r.location}): {r.reason}", r.signer
+    for r in reports:
+        if r.timestamp is not None and not r.timestamp["valid"]:
+            return "timestamp", f"signature {r.uid or '?'} ({r.location}): {r.timestamp['reason']}", r.signer
     trusted = [r for r in reports if r.trusted]
     if not trusted:
         return "untrusted", reports[0].reason, reports[0].signer

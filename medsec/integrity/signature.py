@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import os
 import re
 import struct
 import warnings
@@ -30,6 +29,7 @@ from medsec.integrity.errors import (
     CertificateValidityError,
     IntegrityError,
     ProfileError,
+    TimestampError,
 )
 from medsec.integrity.keys import (
     PrivateKey,
@@ -53,6 +53,8 @@ from medsec.integrity.macstream import (
     SIGNATURE,
     SIGNATURE_DATETIME,
     SIGNATURE_UID,
+    TIMESTAMP,
+    TIMESTAMP_TYPE,
     is_signable,
     is_signable_tag,
     mac_available,
@@ -342,18 +344,20 @@ def sign_file(
     df = rd.read(str(in_path))
     tag_ints = [parse_tag(t) if isinstance(t, str) else int(t) for t in tags] if tags else None
     res = sign_dicom(df, k, c, profile=profile, mac=mac, tags=tag_ints, item=item, now=now)
-    out = Path(out_path)
-    data = rd.serialize(df)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_bytes(data)
-        os.replace(tmp, out)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise IntegrityError(f"cannot write {out}: {e.strerror or e}") from e
-    res.output = out
+    res.output = _write(df, out_path)
     return res
+
+
+def _write(df: rd.DicomFile, out_path: str | Path) -> Path:
+    """Serialise `df` to `out_path` atomically (no reader ever sees a half-written file)."""
+    from medsec.paths import write_bytes_atomic
+
+    out = Path(out_path)
+    try:
+        write_bytes_atomic(out, rd.serialize(df))
+    except OSError as e:
+        raise IntegrityError(f"cannot write {out}: {e.strerror or e}") from e
+    return out
 
 
 # ---------------------------------------------------------------- verification
@@ -381,6 +385,7 @@ class SignatureReport:
     covers_pixels_and_uids: bool = False
     status: Status = "malformed"
     reason: str = ""
+    timestamp: dict[str, Any] | None = None  # the Certified Timestamp's TimestampReport, when there is one
 
     def as_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -530,6 +535,8 @@ def verify_dataset(dataset: rd.Item, location: str, trust: TrustStore | None,
         if not rep.crypto_valid:
             rep.status, rep.reason = "tampered", "signature does not match the signed elements (content changed)"
             continue
+        if sig_item.find(TIMESTAMP_TYPE) is not None or sig_item.find(TIMESTAMP) is not None:
+            rep.timestamp = _check_timestamp(sig_item, pub, cert, trust).as_dict()
         if trust is None:
             rep.status, rep.reason = "untrusted", "no trust store given"
             continue
@@ -564,3 +571,131 @@ def verify_dicom(df: rd.DicomFile, trust: TrustStore | None, at: dt.datetime | N
         out.extend(verify_dataset(ds, loc, trust, at))
     return out
 
+
+
+# ---------------------------------------------------------------- certified timestamps (RFC 3161)
+
+
+def stamped_value(sig_item: rd.Item) -> bytes:
+    """The bytes a certified timestamp's message imprint covers: the Signature (0400,0120) value, for
+    ECDSA without the even-length pad byte (as dcmsign)."""
+    sig_el = sig_item.find(SIGNATURE)
+    if sig_el is None or len(sig_el.value) < 4:
+        raise TimestampError("the signature item holds no Signature (0400,0120) to timestamp")
+    cert_el = sig_item.find(CERTIFICATE_OF_SIGNER)
+    is_rsa = True
+    if cert_el is not None:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                is_rsa = isinstance(x509.load_der_x509_certificate(der_trim(cert_el.value)).public_key(),
+                                    rsa.RSAPublicKey)
+        except (ValueError, TypeError, UnsupportedAlgorithm, x509.InvalidVersion):
+            is_rsa = True
+    return sig_el.value if is_rsa else der_trim(sig_el.value)
+
+
+def _check_timestamp(sig_item: rd.Item, pub: Any, cert: x509.Certificate, trust: TrustStore | None) -> Any:
+    from medsec.integrity.timestamp import TIMESTAMP_TYPE_CMS, TimestampReport, verify_token
+
+    kind, token = _text(sig_item, TIMESTAMP_TYPE), sig_item.find(TIMESTAMP)
+    if kind != TIMESTAMP_TYPE_CMS:
+        return TimestampReport(False, f"Certified Timestamp Type {kind!r} is not {TIMESTAMP_TYPE_CMS}")
+    if token is None or not token.value:
+        return TimestampReport(False, "Certified Timestamp Type is set but the Certified Timestamp is missing")
+    return verify_token(der_trim(token.value), stamped_value(sig_item), trust, cert)
+
+
+@dataclass
+class SignatureRef:
+    """One signature of a file: the data set holding it, where that is, and its Digital Signatures item."""
+
+    dataset: rd.Item
+    location: str
+    item: rd.Item
+
+    @property
+    def uid(self) -> str | None:
+        return _text(self.item, SIGNATURE_UID)
+
+
+def signatures(df: rd.DicomFile) -> list[SignatureRef]:
+    """Every signature item of the file (main data set and sequence items), in file order."""
+    out: list[SignatureRef] = []
+    for ds, loc in _walk(df.dataset, "main"):
+        seq = ds.find(DIGITAL_SIGNATURES_SEQ)
+        if seq is not None:
+            out.extend(SignatureRef(ds, loc, it) for it in seq.items or [])
+    return out
+
+
+def find_signature(df: rd.DicomFile, uid: str | None = None, matches: Any = None) -> SignatureRef:
+    """The signature with Digital Signature UID `uid`; else the one whose Signature value `matches`
+    accepts (a predicate on `stamped_value`); else the file's only (or newest main data set) signature."""
+    sigs = signatures(df)
+    if not sigs:
+        raise TimestampError(f"{df.source} carries no digital signature to timestamp")
+    if uid:
+        found = [s for s in sigs if s.uid == uid]
+        if not found:
+            raise TimestampError(f"{df.source} has no signature with UID {uid} "
+                                 f"(it has {', '.join(str(s.uid) for s in sigs)})")
+        return found[0]
+    if matches is not None:
+        found = [s for s in sigs if matches(stamped_value(s.item))]
+        if not found:
+            raise TimestampError(f"no signature of {df.source} is the one this timestamp was made for "
+                                 "(a request or response for another signature or file)")
+        return found[0]
+    main = [s for s in sigs if s.location == "main"]
+    return (main or sigs)[-1]
+
+
+def timestamp_request(path: str | Path, *, uid: str | None = None, mac: str = "SHA256", nonce: bool = True,
+                      cert_req: bool = True, policy: str | None = None) -> tuple[bytes, str]:
+    """(DER TimeStampReq, signature UID) for a signature of the signed file at `path` (by `uid`, else
+    the newest signature of the main data set), as `dcmsign --sign ... +ts` writes it."""
+    from medsec.integrity.timestamp import make_request
+
+    df = rd.read(str(path))
+    ref = find_signature(df, uid)
+    return make_request(stamped_value(ref.item), mac=mac, nonce=nonce, cert_req=cert_req, policy=policy), \
+        str(ref.uid)
+
+
+@dataclass
+class TimestampInsertResult:
+    """What `insert_timestamp` did."""
+
+    output: Path
+    uid: str
+    location: str
+    time: str | None
+
+
+def insert_timestamp(in_path: str | Path, out_path: str | Path, response: bytes, *,
+                     request: bytes | None = None, uid: str | None = None) -> TimestampInsertResult:
+    """Put the token of a TSA's response into its signature's item (Certified Timestamp Type CMS_TSP,
+    Certified Timestamp) and write the file to `out_path` atomically, like `dcmsign +t`.
+
+    The signature is the one with `uid`, else the one `request` (or the response) was made for. The
+    response must be granted, answer `request` when given, and carry that signature's imprint
+    (TimestampError otherwise: nothing is written). Its TSA is checked against a trust store by `verify`."""
+    from medsec.integrity.timestamp import (
+        TIMESTAMP_TYPE_CMS,
+        request_imprint_matches,
+        response_imprint_matches,
+        token_from_response,
+    )
+
+    df = rd.read(str(in_path))
+    if uid:
+        ref = find_signature(df, uid)
+    elif request is not None:
+        ref = find_signature(df, matches=lambda v: request_imprint_matches(request, v))
+    else:
+        ref = find_signature(df, matches=lambda v: response_imprint_matches(response, v))
+    token, time = token_from_response(response, stamped_value(ref.item), request)
+    rd.insert_element(ref.item, rd.make_element(TIMESTAMP_TYPE, "CS", TIMESTAMP_TYPE_CMS.encode()))
+    rd.insert_element(ref.item, rd.make_element(TIMESTAMP, "OB", token))
+    return TimestampInsertResult(_write(df, out_path), str(ref.uid), ref.location, time)
