@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from medsec.integrity.errors import IntegrityError
+from medsec.integrity.errors import IntegrityError, UnreadableFileError
 
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
@@ -134,7 +134,7 @@ def sign_targets(inputs: list[Path], out: Path) -> list[tuple[Path, Path]]:
     written: missing inputs, nothing to sign, two inputs with the same output."""
     missing = [str(p) for p in inputs if not p.exists()]
     if missing:
-        raise IntegrityError(f"no such file or folder: {', '.join(missing)}")
+        raise UnreadableFileError(f"no such file or folder: {', '.join(missing)}")
     if len(inputs) == 1 and inputs[0].is_file() and not out.is_dir():
         return [(inputs[0], out)]
     if out.exists() and not out.is_dir():

@@ -19,6 +19,7 @@ The ASN.1 is asn1crypto's `tsp`/`cms` modules; the cryptography is `cryptography
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import secrets
 from dataclasses import dataclass
@@ -61,6 +62,18 @@ def _asn1() -> tuple[Any, Any, Any]:
     except ImportError as e:  # pragma: no cover - a dependency of the package
         raise TimestampError(f"certified timestamps need the asn1crypto package ({e})") from e
     return cms, core, tsp
+
+
+@functools.cache
+def response_type() -> Any:
+    """RFC 3161's TimeStampResp, whose token is OPTIONAL (absent when the TSA refuses); asn1crypto's
+    `tsp.TimeStampResp` requires it, so a refusal could not be read with it."""
+    cms, core, tsp = _asn1()
+
+    class TimeStampResp(core.Sequence):  # type: ignore[misc,name-defined]
+        _fields = [("status", tsp.PKIStatusInfo), ("time_stamp_token", cms.ContentInfo, {"optional": True})]
+
+    return TimeStampResp
 
 
 def _digest(algorithm: str, data: bytes) -> bytes:
@@ -122,9 +135,8 @@ def token_from_response(tsr: bytes, signature_value: bytes, request: bytes | Non
     The response must be granted, hold a TSTInfo, answer `request` when given (same imprint, nonce,
     policy) and carry the imprint of `signature_value`. The token's CMS signature and TSA certificate are
     checked at verification time (`verify_token`), against the verifier's trust store."""
-    _, _, tsp = _asn1()
     try:
-        resp = tsp.TimeStampResp.load(tsr, strict=True)
+        resp = response_type().load(tsr, strict=True)
         status = resp["status"]["status"].native
     except (ValueError, TypeError, KeyError) as e:
         raise TimestampError(f"{source} is not an RFC 3161 TimeStampResp ({e})") from e
@@ -135,6 +147,8 @@ def token_from_response(tsr: bytes, signature_value: bytes, request: bytes | Non
                              f"{': ' + text if text else ''}{'; ' + ', '.join(sorted(fail)) if fail else ''})")
     try:
         token = resp["time_stamp_token"]
+        if not token:
+            raise ValueError("the response has no timeStampToken")
         info = _tst_info(token, source)
     except (ValueError, TypeError, KeyError) as e:
         raise TimestampError(f"{source} holds no readable timestamp token ({e})") from e
@@ -188,9 +202,8 @@ def request_imprint_matches(request: bytes, signature_value: bytes) -> bool:
 
 def response_imprint_matches(tsr: bytes, signature_value: bytes) -> bool:
     """Whether a DER TimeStampResp carries a token issued for `signature_value` (finds its signature)."""
-    _, _, tsp = _asn1()
     try:
-        info = _tst_info(tsp.TimeStampResp.load(tsr)["time_stamp_token"], "response")
+        info = _tst_info(response_type().load(tsr)["time_stamp_token"], "response")
         return imprint_problem(info, signature_value) is None
     except (TimestampError, ValueError, TypeError, KeyError):
         return False

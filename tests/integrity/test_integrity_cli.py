@@ -157,8 +157,14 @@ def test_usage_errors_are_not_tracebacks(args: list[str]) -> None:
 
 
 def test_sign_to_unwritable_place(nested_file: Path, tmp_path: Path, rsa_signer) -> None:
+    (tmp_path / "out").write_text("a file, not a folder")
+    code, msg = run("sign", nested_file, tmp_path / "out" / "x.dcm", "--key", rsa_signer.key, "--cert", rsa_signer.cert)
+    assert code == 2 and "cannot write" in msg
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nested.dcm", "out"]
+
+
+def test_sign_into_an_existing_folder_keeps_the_name(nested_file: Path, tmp_path: Path, rsa_signer) -> None:
     (tmp_path / "out").mkdir()
     code, msg = run("sign", nested_file, tmp_path / "out", "--key", rsa_signer.key, "--cert", rsa_signer.cert)
-    assert code == 2 and "cannot write" in msg
-    assert list((tmp_path / "out").iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == [
-        "nested.dcm", "out"]
+    assert code == 0, msg
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["nested.dcm"]

@@ -21,6 +21,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from medsec.integrity.timestamp import response_type
+
 POLICY = "1.3.6.1.4.1.99999.1.1"  # a test policy OID (private arc, test only)
 
 
@@ -28,7 +30,7 @@ def _name(cn: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
-def make_tsa(folder: Path, cn: str = "Test TSA", days: float = 30) -> TestTSA:
+def make_tsa(folder: Path, cn: str = "Test TSA", days: float = 30) -> LocalTSA:
     """A CA and a TSA certificate it issued; writes folder/tsa-ca.pem (to trust) and folder/tsa.pem."""
     now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
     ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -54,11 +56,11 @@ def make_tsa(folder: Path, cn: str = "Test TSA", days: float = 30) -> TestTSA:
     (folder / "tsa.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     (folder / "tsa.key").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                                        serialization.NoEncryption()))
-    return TestTSA(key, cert, folder / "tsa-ca.pem", folder / "tsa.pem", folder / "tsa.key")
+    return LocalTSA(key, cert, folder / "tsa-ca.pem", folder / "tsa.pem", folder / "tsa.key")
 
 
 @dataclass
-class TestTSA:
+class LocalTSA:
     key: rsa.RSAPrivateKey
     cert: x509.Certificate
     ca_pem: Path
@@ -72,7 +74,7 @@ class TestTSA:
         """A DER TimeStampResp for the DER request `tsq` (`nonce` overrides the request's)."""
         req = tsp.TimeStampReq.load(tsq)
         if status != "granted":
-            return tsp.TimeStampResp({"status": {"status": status, "status_string": ["refused by test TSA"]}}).dump()
+            return response_type()({"status": {"status": status, "status_string": ["refused by test TSA"]}}).dump()
         self.serial += 1
         info = tsp.TSTInfo({
             "version": "v1",
@@ -115,4 +117,4 @@ class TestTSA:
         if req["cert_req"].native:
             sd["certificates"] = [acert]
         token = cms.ContentInfo({"content_type": "signed_data", "content": sd})
-        return tsp.TimeStampResp({"status": {"status": "granted"}, "time_stamp_token": token}).dump()
+        return response_type()({"status": {"status": "granted"}, "time_stamp_token": token}).dump()
