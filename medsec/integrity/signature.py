@@ -551,24 +551,34 @@ def verify_dataset(dataset: rd.Item, location: str, trust: TrustStore | None,
     return reports
 
 
-def _walk(dataset: rd.Item, location: str) -> Iterable[tuple[rd.Item, str]]:
-    yield dataset, location
-    from pydicom.datadict import keyword_for_tag
+Path_ = tuple[tuple[int, int], ...]  # (sequence tag, item index) steps from the main data set
 
+
+def _walk(dataset: rd.Item, path: Path_ = ()) -> Iterable[tuple[rd.Item, Path_]]:
+    """The data set and every sequence item below it (signature sequences excluded), with their path."""
+    yield dataset, path
     for el in dataset.elements:
         if el.items is None or el.tag in (MAC_PARAMETERS_SEQ, DIGITAL_SIGNATURES_SEQ):
             continue
-        name = keyword_for_tag(el.tag) or rd.tag_str(el.tag)
         for i, it in enumerate(el.items):
-            sub = f"{name}[{i}]" if location == "main" else f"{location}.{name}[{i}]"
-            yield from _walk(it, sub)
+            yield from _walk(it, (*path, (el.tag, i)))
+
+
+def _location(path: Path_) -> str:
+    """'main', or 'Keyword[i].Keyword[j]' (pydicom's dictionary is loaded only for item signatures)."""
+    if not path:
+        return "main"
+    from pydicom.datadict import keyword_for_tag
+
+    return ".".join(f"{keyword_for_tag(t) or rd.tag_str(t)}[{i}]" for t, i in path)
 
 
 def verify_dicom(df: rd.DicomFile, trust: TrustStore | None, at: dt.datetime | None = None) -> list[SignatureReport]:
     """Verify every signature in the file: main data set and sequence items, in file order."""
     out: list[SignatureReport] = []
-    for ds, loc in _walk(df.dataset, "main"):
-        out.extend(verify_dataset(ds, loc, trust, at))
+    for ds, path in _walk(df.dataset):
+        if ds.find(DIGITAL_SIGNATURES_SEQ) is not None:
+            out.extend(verify_dataset(ds, _location(path), trust, at))
     return out
 
 
@@ -622,10 +632,10 @@ class SignatureRef:
 def signatures(df: rd.DicomFile) -> list[SignatureRef]:
     """Every signature item of the file (main data set and sequence items), in file order."""
     out: list[SignatureRef] = []
-    for ds, loc in _walk(df.dataset, "main"):
+    for ds, path in _walk(df.dataset):
         seq = ds.find(DIGITAL_SIGNATURES_SEQ)
         if seq is not None:
-            out.extend(SignatureRef(ds, loc, it) for it in seq.items or [])
+            out.extend(SignatureRef(ds, _location(path), it) for it in seq.items or [])
     return out
 
 
