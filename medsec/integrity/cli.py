@@ -92,15 +92,16 @@ def sign(
         k, c = load_private_key(key, password), load_certificate(cert)
     except IntegrityError as e:
         raise _fail(e) from None
-    first_code = 0
+    failed: list[int] = []
     for src, dst in pairs:
         try:
             r = sign_file(src, dst, k, c, profile=profile, mac=mac, tags=split, item=item)
         except IntegrityError as e:
             if len(pairs) == 1:
                 raise _fail(e) from None
-            err_console.print(f"FAILED {src}: {e} (exit {e.exit_code})", style="bold red", markup=False)
-            first_code = first_code or e.exit_code
+            what = f"FAILED {e}" if str(src) in str(e) else f"FAILED {src}: {e}"
+            err_console.print(f"{what} (exit {e.exit_code})", style="bold red", markup=False)
+            failed.append(e.exit_code)
             continue
         console.print(f"signed {src} -> {r.output}: {r.profile} profile, {r.mac}, {len(r.signed_tags)} elements, "
                       f"{r.location} data set, signature UID {r.uid}", markup=False)
@@ -109,10 +110,10 @@ def sign(
             err_console.print(f"note: the signature of {src} does not cover "
                               f"{', '.join(rd.tag_str(t) for t in sorted(covered))}: the gate will not accept "
                               "it alone", style="yellow", markup=False)
-    if first_code:
-        err_console.print(f"{sum(1 for _ in pairs)} file(s): some failed; the others are signed in {out}",
+    if failed:
+        err_console.print(f"{len(failed)} of {len(pairs)} file(s) failed; the others are signed in {out}",
                           style="bold red", markup=False)
-        raise SystemExit(first_code)
+        raise SystemExit(failed[0])
 
 
 def expand_inputs(paths: list[Path]) -> list[tuple[Path, Path]]:
