@@ -90,3 +90,32 @@ def test_unknown_command_is_a_usage_error() -> None:
 
     r = CliRunner().invoke(app, ["verfiy"])
     assert r.exit_code == 2
+
+
+# Run medsec in this interpreter and report, at exit, its own peak resident size since exec (VmHWM; the
+# rusage high-water mark would include the pytest process it was forked from) and its CPU time.
+_PROBE = """
+import atexit, os, resource, runpy, sys
+def report():
+    hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0].split()[1]
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    os.write(2, f'PROBE {int(hwm) / 1024:.1f} {ru.ru_utime + ru.ru_stime:.3f}\\n'.encode())
+atexit.register(report)
+sys.argv = ['medsec', *sys.argv[1:]]
+runpy.run_module('medsec', run_name='__main__')
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
+def test_verify_stays_within_the_memory_budget(signed_folder, tmp_path: Path) -> None:
+    """`medsec verify` on one file: peak RSS under 100 MiB; CPU time well under a second (the 0.5 s wall
+    figure is measured on an idle machine by benchmarks/integrity_speed.py; CPU time is what a loaded test
+    machine can check)."""
+    d, trust = signed_folder
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    r = subprocess.run([sys.executable, "-c", _PROBE, "verify", str(d / "signed" / "0.dcm"), "--trust", str(trust)],
+                       capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    rss_mib, cpu_s = map(float, r.stderr.split("PROBE")[-1].split())
+    assert rss_mib < 100, f"medsec verify peaked at {rss_mib} MiB"
+    assert cpu_s < 1.5, f"medsec verify used {cpu_s} s of CPU"
