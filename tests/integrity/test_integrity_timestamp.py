@@ -20,7 +20,7 @@ from medsec.integrity import rawdicom as rd
 from medsec.integrity.errors import TimestampError
 from medsec.integrity.gate import EXIT_CODES
 from medsec.integrity.macstream import TIMESTAMP
-from medsec.integrity.signature import insert_timestamp, sign_file, timestamp_request
+from medsec.integrity.signature import der_trim, insert_timestamp, sign_file, timestamp_request
 from tests.integrity.tsa import LocalTSA, make_tsa
 
 runner = CliRunner()
@@ -242,3 +242,25 @@ def test_medsec_timestamp_verifies_in_dcmsign(signed: Path, tmp_path: Path, rsa_
     r = dcmsign("+t", tsq, tsr, uid, signed, out2)
     assert r.returncode == 0, r.stderr
     assert dcmsign("--verify", "+tr", "+cf", rsa_signer.cert, "+cf", tsa.ca_pem, out2).returncode == 0
+
+
+def test_ecdsa_signature_timestamp_both_ways(nested_file: Path, tmp_path: Path, ec_signer, tsa: LocalTSA) -> None:
+    """ECDSA signatures are DER, padded to even length in DICOM: the imprint covers the unpadded value."""
+    trust = tmp_path / "trust"
+    shutil.copytree(ec_signer.trust, trust)
+    shutil.copy(tsa.ca_pem, trust)
+    padded = 0
+    for i in range(40):  # DER ECDSA signatures vary in length: until one odd-length (padded) one is seen
+        signed = tmp_path / f"ec{i}.dcm"
+        sign_file(nested_file, signed, ec_signer.key, ec_signer.cert, profile="none")
+        sig = rd.read(str(signed)).dataset.find(0xFFFAFFFA).items[0].find(0x04000120).value
+        padded += len(der_trim(sig)) < len(sig)
+        out = stamp(signed, tmp_path / f"ec{i}-ts.dcm", tsa)
+        v = check(out, trust)
+        assert v.ok and v.signatures[0].timestamp["valid"], v.message
+        if shutil.which("dcmsign"):
+            r = dcmsign("--verify", "+tr", "+cf", ec_signer.cert, "+cf", tsa.ca_pem, out)
+            assert r.returncode == 0, r.stderr
+        if padded and i >= 2:
+            break
+    assert padded
