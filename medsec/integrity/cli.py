@@ -156,6 +156,8 @@ def verify(
     trust: Annotated[Path, typer.Option(help="Trusted certificate file or folder of certificates.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document instead of text.")] = False,
     audit_log: Annotated[Path | None, typer.Option(help="Append one JSON line per file to this log.")] = None,
+    require_timestamp: Annotated[bool, typer.Option("--require-timestamp", help="Refuse (exit 17) a file whose "
+                                 "accepted signature carries no valid certified timestamp.")] = False,
 ) -> None:
     """Verify signatures; exit 0 only if every file has a valid trusted signature covering Pixel Data
     and the SOP/Study/Series Instance UIDs (exit codes: see docs/integrity.md)."""
@@ -167,7 +169,7 @@ def verify(
         err_console.print(f"error: no file to verify in {', '.join(map(str, files))}", style="bold red", markup=False)
         raise SystemExit(EXIT_UNREADABLE_EMPTY)
     try:
-        gate = Gate(trust, audit_log)
+        gate = Gate(trust, audit_log, require_timestamp=require_timestamp)
         verdicts = [gate(f) for f in expanded]
     except IntegrityError as e:
         raise _fail(e) from None

@@ -153,6 +153,16 @@ def check(path: str | Path, trust: TrustStore | str | Path | None, at: dt.dateti
     return check_parsed(df, store, at)
 
 
+def with_timestamp_required(v: Verdict) -> Verdict:
+    """`v`, or when it accepts the file but no accepting signature (valid, trusted, covering the pixels)
+    carries a valid certified timestamp, a refusal with reason 'timestamp' (dcmsign's --require-ts)."""
+    if not v.ok or any(s.status == "valid" and s.covers_pixels_and_uids and s.timestamp and s.timestamp["valid"]
+                       for s in v.signatures):
+        return v
+    return Verdict(v.file, "timestamp", "a certified timestamp is required and no accepted signature carries one",
+                   v.sop_instance_uid, v.signer, v.signatures)
+
+
 class AuditLog:
     """Append-only JSON-lines audit log: time, file, SOP Instance UID, verdict, reason, signer."""
 
@@ -189,20 +199,26 @@ class AuditLog:
 class Gate:
     """A trust store plus an optional audit log: call it on a path (or `check_bytes`) for a verdict."""
 
-    def __init__(self, trust: TrustStore | str | Path, audit_log: str | Path | None = None) -> None:
+    def __init__(self, trust: TrustStore | str | Path, audit_log: str | Path | None = None,
+                 require_timestamp: bool = False) -> None:
         store = _trust(trust)
         assert store is not None
         self.trust = store
         self.audit = AuditLog(audit_log) if audit_log is not None else None
+        self.require_timestamp = require_timestamp
 
     def __call__(self, path: str | Path) -> Verdict:
         v = check(path, self.trust)
+        if self.require_timestamp:
+            v = with_timestamp_required(v)
         if self.audit is not None:
             self.audit.write(v)
         return v
 
     def check_bytes(self, data: bytes, source: str) -> Verdict:
         v = check_bytes(data, self.trust, source)
+        if self.require_timestamp:
+            v = with_timestamp_required(v)
         if self.audit is not None:
             self.audit.write(v)
         return v

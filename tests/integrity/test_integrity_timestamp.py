@@ -264,3 +264,14 @@ def test_ecdsa_signature_timestamp_both_ways(nested_file: Path, tmp_path: Path, 
         if padded and i >= 2:
             break
     assert padded
+
+
+def test_require_timestamp(signed: Path, tmp_path: Path, tsa: LocalTSA, trust: Path) -> None:
+    log = tmp_path / "audit.jsonl"
+    r = runner.invoke(app, ["verify", str(signed), "--trust", str(trust), "--require-timestamp",
+                            "--audit-log", str(log)])
+    assert r.exit_code == 17 and "certified timestamp is required" in r.output
+    assert json.loads(log.read_text().splitlines()[-1])["reason"] == "timestamp"
+    stamped = stamp(signed, tmp_path / "stamped.dcm", tsa)
+    r = runner.invoke(app, ["verify", str(stamped), "--trust", str(trust), "--require-timestamp"])
+    assert r.exit_code == 0, r.output
