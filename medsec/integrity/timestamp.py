@@ -236,7 +236,7 @@ def _find_signer_cert(signed_data: Any, signer_info: Any, extra: list[x509.Certi
         if c.name == "certificate":
             try:
                 certs.append(x509.load_der_x509_certificate(c.chosen.dump()))
-            except ValueError:
+            except (ValueError, x509.InvalidVersion, UnsupportedAlgorithm):
                 continue
     certs.extend(extra)
     sid = signer_info["sid"]
@@ -305,6 +305,15 @@ def verify_token(token: bytes, signature_value: bytes, trust: TrustStore | None,
                  signer_cert: x509.Certificate | None = None) -> TimestampReport:
     """Verify a Certified Timestamp (DER token) against the signature it stamps; never raises for bad
     input (the report says what is wrong)."""
+    try:
+        return _verify_token(token, signature_value, trust, signer_cert)
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError, x509.InvalidVersion,
+            UnsupportedAlgorithm) as e:  # asn1crypto parses lazily: a broken field fails where it is read
+        return TimestampReport(False, f"the certified timestamp is not a readable RFC 3161 token ({e})")
+
+
+def _verify_token(token: bytes, signature_value: bytes, trust: TrustStore | None,
+                  signer_cert: x509.Certificate | None) -> TimestampReport:
     cms, _, _ = _asn1()
     try:
         ci = cms.ContentInfo.load(token, strict=True)

@@ -275,3 +275,34 @@ def test_require_timestamp(signed: Path, tmp_path: Path, tsa: LocalTSA, trust: P
     stamped = stamp(signed, tmp_path / "stamped.dcm", tsa)
     r = runner.invoke(app, ["verify", str(stamped), "--trust", str(trust), "--require-timestamp"])
     assert r.exit_code == 0, r.output
+
+
+def test_flipped_token_bytes_never_crash_and_protected_parts_are_refused(signed: Path, tmp_path: Path,
+                                                                         tsa: LocalTSA, trust: Path) -> None:
+    """Every byte of the stored token flipped in turn: the gate never raises, and any change to the
+    TSTInfo, the signed attributes or the TSA's signature is refused (exit 17). Unsigned framing (the
+    SignedData's digest-algorithm list, versions, NULL parameters) may change without effect, as in CMS."""
+    from asn1crypto import cms
+
+    from medsec.integrity.gate import check_bytes
+    from medsec.integrity.keys import TrustStore
+
+    out = stamp(signed, tmp_path / "stamped.dcm", tsa)
+    data = out.read_bytes()
+    el = rd.read(str(out)).dataset.find(0xFFFAFFFA).items[0].find(TIMESTAMP)
+    token = el.value
+    sd = cms.ContentInfo.load(der_trim(token))["content"]
+    si = sd["signer_infos"][0]
+    protected = []
+    for part in (sd["encap_content_info"]["content"].contents, si["signed_attrs"].contents, si["signature"].contents):
+        start = token.find(part)
+        assert start > 0
+        protected.append(range(start, start + len(part)))
+    store = TrustStore.load(trust)
+    for i in range(len(token)):
+        b = bytearray(data)
+        b[el.value_offset + i] ^= 0x10
+        v = check_bytes(bytes(b), store)
+        assert v.reason in ("ok", "timestamp"), (i, v.reason, v.message)
+        if any(i in r for r in protected):
+            assert v.reason == "timestamp", (i, v.message)
