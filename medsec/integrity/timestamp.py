@@ -154,7 +154,7 @@ def token_from_response(tsr: bytes, signature_value: bytes, request: bytes | Non
         raise TimestampError(f"{source} holds no readable timestamp token ({e})") from e
     if request is not None:
         req = parse_request(request, "the timestamp request")
-        if req["message_imprint"].dump() != info["message_imprint"].dump():
+        if _imprint(req["message_imprint"]) != _imprint(info["message_imprint"]):
             raise TimestampError(f"{source} answers another request: its message imprint differs from the "
                                  "request's (a response for another signature or file)")
         if req["nonce"].native is not None and req["nonce"].native != info["nonce"].native:
@@ -163,7 +163,7 @@ def token_from_response(tsr: bytes, signature_value: bytes, request: bytes | Non
         if req["req_policy"].native is not None and req["req_policy"].native != info["policy"].native:
             raise TimestampError(f"{source}: policy {info['policy'].native} instead of the requested "
                                  f"{req['req_policy'].native}")
-    problem = imprint_problem(info, signature_value)
+    problem = imprint_mismatch(info["message_imprint"], signature_value)
     if problem:
         raise TimestampError(f"{source} does not belong to this signature: {problem}")
     gen = info["gen_time"].native
@@ -182,29 +182,32 @@ def _tst_info(token: Any, source: str) -> Any:
     return info
 
 
-def imprint_problem(info: Any, signature_value: bytes) -> str | None:
-    """None when the TSTInfo's message imprint is the hash of `signature_value`, else why not."""
-    alg = info["message_imprint"]["hash_algorithm"]["algorithm"].native
+def _imprint(message_imprint: Any) -> tuple[str, bytes]:
+    """(hash algorithm name, hashed message) of a MessageImprint: compared by value, not by encoding (a
+    TSA may drop the NULL hash parameters of the request)."""
+    return message_imprint["hash_algorithm"]["algorithm"].native, message_imprint["hashed_message"].native
+
+
+def imprint_mismatch(message_imprint: Any, signature_value: bytes) -> str | None:
+    """None when a MessageImprint is the hash of `signature_value`, else why not."""
+    alg, hashed = _imprint(message_imprint)
     if alg not in IMPRINT_HASHES.values():
         return f"the imprint uses {alg}, which dcmsign and medsec do not accept"
-    if _digest(alg, signature_value) != info["message_imprint"]["hashed_message"].native:
+    if _digest(alg, signature_value) != hashed:
         return f"its {alg} message imprint is not the hash of the signature's Signature value"
     return None
 
 
 def request_imprint_matches(request: bytes, signature_value: bytes) -> bool:
     """Whether a DER TimeStampReq was made for `signature_value` (used to find a request's signature)."""
-    req = parse_request(request)
-    alg = req["message_imprint"]["hash_algorithm"]["algorithm"].native
-    return alg in IMPRINT_HASHES.values() and \
-        _digest(alg, signature_value) == req["message_imprint"]["hashed_message"].native
+    return imprint_mismatch(parse_request(request)["message_imprint"], signature_value) is None
 
 
 def response_imprint_matches(tsr: bytes, signature_value: bytes) -> bool:
     """Whether a DER TimeStampResp carries a token issued for `signature_value` (finds its signature)."""
     try:
         info = _tst_info(response_type().load(tsr)["time_stamp_token"], "response")
-        return imprint_problem(info, signature_value) is None
+        return imprint_mismatch(info["message_imprint"], signature_value) is None
     except (TimestampError, ValueError, TypeError, KeyError):
         return False
 
@@ -325,7 +328,7 @@ def _verify_token(token: bytes, signature_value: bytes, trust: TrustStore | None
     gen = info["gen_time"].native
     rep = TimestampReport(False, "", gen.isoformat() if gen else None, serial=info["serial_number"].native,
                           policy=info["policy"].native, hash=info["message_imprint"]["hash_algorithm"]["algorithm"].native)
-    problem = imprint_problem(info, signature_value)
+    problem = imprint_mismatch(info["message_imprint"], signature_value)
     if problem:
         rep.reason = f"the certified timestamp was issued for another signature: {problem}"
         return rep
