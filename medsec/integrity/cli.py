@@ -158,6 +158,8 @@ def verify(
     audit_log: Annotated[Path | None, typer.Option(help="Append one JSON line per file to this log.")] = None,
     require_timestamp: Annotated[bool, typer.Option("--require-timestamp", help="Refuse (exit 17) a file whose "
                                  "accepted signature carries no valid certified timestamp.")] = False,
+    tsa_trust: Annotated[Path | None, typer.Option("--tsa-trust", help="Trusted timestamp authorities (certificate "
+                         "file or folder) for certified timestamps; default: --trust.")] = None,
 ) -> None:
     """Verify signatures; exit 0 only if every file has a valid trusted signature covering Pixel Data
     and the SOP/Study/Series Instance UIDs (exit codes: see docs/integrity.md)."""
@@ -169,7 +171,7 @@ def verify(
         err_console.print(f"error: no file to verify in {', '.join(map(str, files))}", style="bold red", markup=False)
         raise SystemExit(EXIT_UNREADABLE_EMPTY)
     try:
-        gate = Gate(trust, audit_log, require_timestamp=require_timestamp)
+        gate = Gate(trust, audit_log, require_timestamp=require_timestamp, tsa_trust=tsa_trust)
         verdicts = [gate(f) for f in expanded]
     except IntegrityError as e:
         raise _fail(e) from None

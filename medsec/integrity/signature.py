@@ -461,8 +461,9 @@ def _covers(dataset: rd.Item, signed: set[int]) -> bool:
 
 
 def verify_dataset(dataset: rd.Item, location: str, trust: TrustStore | None,
-                   at: dt.datetime | None = None) -> list[SignatureReport]:
-    """Verify every signature held directly by `dataset` (not those in its sequence items)."""
+                   at: dt.datetime | None = None, tsa_trust: TrustStore | None = None) -> list[SignatureReport]:
+    """Verify every signature held directly by `dataset` (not those in its sequence items); certified
+    timestamps against `tsa_trust` (default: `trust`)."""
     sig_seq = dataset.find(DIGITAL_SIGNATURES_SEQ)
     if sig_seq is None or not sig_seq.items:
         return []
@@ -541,7 +542,7 @@ def verify_dataset(dataset: rd.Item, location: str, trust: TrustStore | None,
             rep.status, rep.reason = "tampered", "signature does not match the signed elements (content changed)"
             continue
         if sig_item.find(TIMESTAMP_TYPE) is not None or sig_item.find(TIMESTAMP) is not None:
-            rep.timestamp = _check_timestamp(sig_item, pub, cert, trust).as_dict()
+            rep.timestamp = _check_timestamp(sig_item, cert, tsa_trust or trust).as_dict()
         if trust is None:
             rep.status, rep.reason = "untrusted", "no trust store given"
             continue
@@ -578,12 +579,14 @@ def _location(path: Path_) -> str:
     return ".".join(f"{keyword_for_tag(t) or rd.tag_str(t)}[{i}]" for t, i in path)
 
 
-def verify_dicom(df: rd.DicomFile, trust: TrustStore | None, at: dt.datetime | None = None) -> list[SignatureReport]:
-    """Verify every signature in the file: main data set and sequence items, in file order."""
+def verify_dicom(df: rd.DicomFile, trust: TrustStore | None, at: dt.datetime | None = None,
+                 tsa_trust: TrustStore | None = None) -> list[SignatureReport]:
+    """Verify every signature in the file: main data set and sequence items, in file order; certified
+    timestamps against `tsa_trust` (default: `trust`)."""
     out: list[SignatureReport] = []
     for ds, path in _walk(df.dataset):
         if ds.find(DIGITAL_SIGNATURES_SEQ) is not None:
-            out.extend(verify_dataset(ds, _location(path), trust, at))
+            out.extend(verify_dataset(ds, _location(path), trust, at, tsa_trust))
     return out
 
 
@@ -610,7 +613,7 @@ def stamped_value(sig_item: rd.Item) -> bytes:
     return sig_el.value if is_rsa else der_trim(sig_el.value)
 
 
-def _check_timestamp(sig_item: rd.Item, pub: Any, cert: x509.Certificate, trust: TrustStore | None) -> Any:
+def _check_timestamp(sig_item: rd.Item, cert: x509.Certificate, trust: TrustStore | None) -> Any:
     from medsec.integrity.timestamp import TIMESTAMP_TYPE_CMS, TimestampReport, verify_token
 
     kind, token = _text(sig_item, TIMESTAMP_TYPE), sig_item.find(TIMESTAMP)

@@ -306,3 +306,14 @@ def test_flipped_token_bytes_never_crash_and_protected_parts_are_refused(signed:
         assert v.reason in ("ok", "timestamp"), (i, v.reason, v.message)
         if any(i in r for r in protected):
             assert v.reason == "timestamp", (i, v.message)
+
+
+def test_separate_tsa_trust(signed: Path, tmp_path: Path, rsa_signer, tsa: LocalTSA, other_tsa: LocalTSA,
+                            trust: Path) -> None:
+    """--tsa-trust: TSAs trusted for timestamps only (their CA then vouches for no signer), replacing --trust
+    for timestamps."""
+    out = stamp(signed, tmp_path / "stamped.dcm", tsa)
+    r = runner.invoke(app, ["verify", str(out), "--trust", str(rsa_signer.trust), "--tsa-trust", str(tsa.ca_pem)])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["verify", str(out), "--trust", str(trust), "--tsa-trust", str(other_tsa.ca_pem)])
+    assert r.exit_code == 17 and "timestamp authority not trusted" in r.output
