@@ -361,7 +361,8 @@ def _verify_token(token: bytes, signature_value: bytes, trust: TrustStore | None
     at = gen if gen is not None else dt.datetime.now(dt.UTC)
     chain = trust.check(tsa, at)
     if not chain.trusted:
-        rep.reason = f"timestamp authority not trusted: {chain.reason}"
+        rep.reason = (f"timestamp authority not trusted: neither {rep.tsa} nor a CA that issued its certificate "
+                      "is in the trust store")
         return rep
     if not chain.time_valid:
         rep.reason = f"the TSA certificate was not valid at the timestamp's time {rep.time}: {chain.reason}"
