@@ -28,7 +28,7 @@ lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check medsec tests $(wildcard benchmarks)
 	$(VENV)/bin/mypy medsec
 
-# DCMTK and Orthanc, the real peers of the interoperability tests: installed where this machine allows
+# DCMTK, Orthanc and the openssl CLI, the real peers of the interoperability tests: installed where this machine allows
 # (Debian/Ubuntu as root); elsewhere the test run ends by listing the skipped tests and how to enable them.
 peers:
 	@sh tests/install_peers.sh

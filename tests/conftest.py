@@ -47,15 +47,15 @@ def cache_dir(tmp_path, monkeypatch):
 # The interoperability tests skip when their real peer program is missing. The run then ends by naming
 # them and the one command that enables them (`make test` installs the peers itself where it can: as
 # root with apt-get, see tests/install_peers.sh).
-PEER_WORDS = re.compile(r"dcmtk|dcmsign|storescu|img2dcm|echoscu|findscu|orthanc", re.IGNORECASE)
+PEER_WORDS = re.compile(r"dcmtk|dcmsign|storescu|img2dcm|echoscu|findscu|orthanc|openssl is not", re.IGNORECASE)
 
 
 def peers_command() -> str:
     """The one command that installs the tests' peer programs on this machine."""
     if shutil.which("apt-get"):
-        return "sudo apt-get install -y --no-install-recommends dcmtk orthanc   (then: make test)"
-    return ("install DCMTK (https://dicom.offis.de/dcmtk) and Orthanc (https://www.orthanc-server.com) "
-            "so that dcmsign, storescu and Orthanc are on PATH, then: make test")
+        return "sudo apt-get install -y --no-install-recommends dcmtk orthanc openssl   (then: make test)"
+    return ("install DCMTK (https://dicom.offis.de/dcmtk), Orthanc (https://www.orthanc-server.com) and the "
+            "OpenSSL command line so that dcmsign, storescu, Orthanc and openssl are on PATH, then: make test")
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ARG001 - pytest's hook signature
@@ -67,8 +67,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # no
     if not skipped:
         return
     tr = terminalreporter
-    tr.section("interoperability tests skipped: DCMTK / Orthanc missing", yellow=True, bold=True)
+    tr.section("interoperability tests skipped: DCMTK / Orthanc / OpenSSL missing", yellow=True, bold=True)
     for nodeid, reason in skipped:
         tr.line(f"SKIPPED {nodeid}: {reason}")
-    tr.line(f"{len(skipped)} test(s) need DCMTK and Orthanc. Enable them with:", yellow=True, bold=True)
+    tr.line(f"{len(skipped)} test(s) need DCMTK, Orthanc or OpenSSL. Enable them with:", yellow=True, bold=True)
     tr.line(f"    {peers_command()}")

@@ -1,5 +1,6 @@
 #!/bin/sh
-# The real programs the interoperability tests talk to: DCMTK (dcmsign, storescu, img2dcm) and Orthanc.
+# The real programs the interoperability tests talk to: DCMTK (dcmsign, storescu, img2dcm), Orthanc, and
+# the OpenSSL command line (an independent timestamp authority, `openssl ts -reply`).
 # `make test` runs this first. It installs the missing ones where it can (Debian/Ubuntu, as root); where it
 # cannot, it says so and the tests that need them are skipped -- the test run then ends by listing them
 # with the one command that enables them (tests/conftest.py).
@@ -7,6 +8,7 @@ set -u
 missing=""
 command -v dcmsign >/dev/null 2>&1 || missing="$missing dcmtk"
 command -v Orthanc >/dev/null 2>&1 || [ -x /usr/sbin/Orthanc ] || missing="$missing orthanc"
+command -v openssl >/dev/null 2>&1 || missing="$missing openssl"
 [ -z "$missing" ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing$missing (the interoperability tests' peers)"

@@ -25,4 +25,4 @@ def test_skipped_interop_tests_are_listed_with_the_command(tmp_path: Path) -> No
     summary = r.stdout.split("interoperability tests skipped")[-1]
     assert "test_needs_dcmsign: DCMTK dcmsign is not on PATH" in summary
     assert "test_plain" not in summary  # only the ones a peer program would enable
-    assert "1 test(s) need DCMTK and Orthanc" in summary and ("apt-get install" in summary or "install DCMTK" in summary)
+    assert "1 test(s) need DCMTK, Orthanc or OpenSSL" in summary and ("apt-get install" in summary or "install DCMTK" in summary)

@@ -165,7 +165,7 @@ def test_unsigned_file_cannot_be_timestamped(nested_file: Path, tmp_path: Path) 
     assert r.exit_code == 25 and "carries no digital signature" in r.output
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not on PATH")
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="the OpenSSL command line: openssl is not on PATH")
 def test_openssl_ts_reply_token_verifies(signed: Path, tmp_path: Path, tsa: LocalTSA, trust: Path) -> None:
     """An independent TSA implementation: `openssl ts -reply` with the same TSA key and certificate."""
     q, _ = timestamp_request(signed)
