@@ -66,8 +66,8 @@ def keygen(
 
 def sign(
     paths: Annotated[list[Path], typer.Argument(
-        help="IN... OUT: DICOM file(s) or folder(s) to sign, then OUT: the signed copy when IN is one file "
-             "(may equal IN), else a folder the inputs are mirrored into.", metavar="IN... OUT")],
+        help="IN... OUT: the DICOM file(s) or folder(s) to sign, then OUT: the signed copy when IN is one file "
+             "(may equal IN), else a folder the inputs are mirrored into.", metavar="PATHS")],
     key: Annotated[Path, typer.Option(help="Signer private key (PEM or DER).")],
     cert: Annotated[Path, typer.Option(help="Signer certificate (PEM or DER).")],
     profile: Annotated[str, typer.Option(help="none, base, creator or authorization (RSA profiles need RSA).")] = "base",
