@@ -102,12 +102,12 @@ def decide(reports: list[SignatureReport]) -> tuple[str, str, str | None]:
     for r in reports:
         if r.status == "unsupported":
             return "unsupported", f"signature {r.uid or '?'} ({r.location}): {r.reason}", r.signer
-    for r in reports:
-        if r.timestamp is not None and not r.timestamp["valid"]:
-            return "timestamp", f"signature {r.uid or '?'} ({r.location}): {r.timestamp['reason']}", r.signer
     trusted = [r for r in reports if r.trusted]
     if not trusted:
         return "untrusted", reports[0].reason, reports[0].signer
+    for r in reports:
+        if r.timestamp is not None and not r.timestamp["valid"]:
+            return "timestamp", f"signature {r.uid or '?'} ({r.location}): {r.timestamp['reason']}", r.signer
     in_time = [r for r in trusted if r.time_valid]
     if not in_time:
         return "cert-time", trusted[0].reason, trusted[0].signer

@@ -68,6 +68,7 @@ def test_timestamp_round_trip(signed: Path, tmp_path: Path, tsa: LocalTSA, trust
     # the timestamp is outside the signed bytes: the signature is unchanged and still valid
     assert v.signatures[0].status == "valid"
     assert rd.read(str(out)).dataset.find(0xFFFAFFFA) is not None
+    assert check(out, None).reason == "untrusted"  # no trust store: the signer's trust is the first question
 
 
 def test_untrusted_tsa_is_refused_with_the_timestamp_code(signed: Path, tmp_path: Path, other_tsa: LocalTSA,
