@@ -49,6 +49,32 @@ def atomic_path(dest: str | Path) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def fsync_dir(path: str | Path) -> None:
+    """Flush a folder's entries (a rename or a new file in it) to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_bytes_durable(dest: str | Path, data: bytes) -> None:
+    """Write `data` to `dest` atomically and durably: a temporary file beside it, fsync'd, renamed onto
+    `dest`, then the folder fsync'd. After it returns the file survives a crash or power loss whole; before,
+    `dest` is either absent (or its old content) and never half-written."""
+    dest = Path(dest)
+    with atomic_path(dest) as tmp:
+        fd = os.open(tmp, os.O_WRONLY | os.O_TRUNC)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    fsync_dir(dest.parent)
+
+
 def write_text_atomic(dest: str | Path, text: str) -> None:
     """Write a text file atomically."""
     with atomic_path(dest) as tmp:
