@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -146,12 +147,21 @@ class Forwarder:
         except OSError as e:  # e.g. an unresolvable host name
             raise ArchiveUnavailable(f"archive {self.archive}: {e}") from e
         if not assoc.is_established:
-            what = ("rejected the association" if assoc.is_rejected else
-                    "aborted the association" if assoc.is_aborted else
-                    "is unreachable (connection refused, timed out" +
-                    (", or the TLS handshake failed" if self._ssl is not None else "") + ")")
-            raise ArchiveUnavailable(f"archive {self.archive} {what}")
+            raise ArchiveUnavailable(f"archive {self.archive} {self._why_not(assoc)}")
         return assoc
+
+    def _why_not(self, assoc: Any) -> str:
+        """Why an association failed, in words: probe the TCP port to tell 'down' from 'refused us'."""
+        if assoc.is_rejected:
+            return "rejected the association (is this node's AE title known to it?)"
+        try:
+            socket.create_connection((self.archive.host, self.archive.port), timeout=5).close()
+        except OSError as e:
+            return f"is unreachable ({e.strerror or e})"
+        if self._ssl is not None:
+            return ("accepted the connection but the TLS handshake or association failed (does it speak TLS, "
+                    "and do its trust folder and ours hold each other's certificates or CAs?)")
+        return "accepted the connection but aborted the association (does it expect TLS?)"
 
     def _association_for(self, context: tuple[str, str]) -> Any:
         if self._assoc is not None and self._assoc.is_established and context in self._contexts:
