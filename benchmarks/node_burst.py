@@ -402,8 +402,8 @@ def main() -> None:
                       restart_archive_at=None if a.no_archive_restart else 0.6)
         results.append(r)
         print(json.dumps(r, indent=1), flush=True)
-    print(f"\n| transport | instances (valid/tampered/untrusted) | senders | instances/s | latency p50 / p90 / p99 / "
-          f"max (ms) | re-sent by senders | forwarded twice | until archived (s) | checks |")
+    print("\n| transport | instances (valid/tampered/untrusted) | senders | instances/s | latency p50 / p90 / p99 / "
+          "max (ms) | re-sent by senders | forwarded twice | until archived (s) | checks |")
     print("|---|---|---:|---:|---|---:|---:|---:|---|")
     for r in results:
         la = r["latency_ms"]

@@ -34,7 +34,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from medsec.integrity.errors import IntegrityError
 from medsec.integrity.gate import Gate, Verdict, check_bytes
+from medsec.integrity.rawdicom import split_meta
 from medsec.integrity.tls import describe
 from medsec.paths import write_bytes_durable, write_text_atomic
 
@@ -50,6 +52,16 @@ HANDSHAKE_TIMEOUT_S = 10.0
 def _safe_name(uid: str | None, fallback: str) -> str:
     s = "".join(ch for ch in (uid or "") if ch.isdigit() or ch == ".")
     return s or fallback
+
+
+def _same_instance(a: bytes, b: bytes) -> bool:
+    """The same transfer syntax and data set bytes. The file meta is the receiver's own (pynetdicom writes
+    it, with the sender's AE title), so the same instance from another sender is still the same."""
+    try:
+        (sa, ta), (sb, tb) = split_meta(a, "held"), split_meta(b, "received")
+    except IntegrityError:
+        return a == b
+    return ta == tb and a[sa:] == b[sb:]
 
 
 class GatedStorageSCP:
@@ -69,6 +81,7 @@ class GatedStorageSCP:
         self.results: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._store_lock = threading.Lock()
+        self._uid_locks: dict[str, list[Any]] = {}  # UID -> [lock, users]
         self._counter = 0
         self.server: Any = None
 
@@ -78,20 +91,30 @@ class GatedStorageSCP:
             self.gate.audit.append(record)
 
     def _keep(self, data: bytes, name: str) -> tuple[str, Path]:
-        """Store an accepted instance durably; returns (action, path)."""
+        """Store an accepted instance durably; returns (action, path). Instances with the same UID are
+        stored one after the other; different UIDs are written (and fsync'd) concurrently."""
         done = self.store_dir / name
         target = self.forwarder.outbox / name if self.forwarder is not None else done
         action = "queued" if self.forwarder is not None else "stored"
         with self._store_lock:
-            for held in dict.fromkeys((target, done)):
-                try:
-                    same = held.read_bytes() == data
-                except FileNotFoundError:
-                    continue
-                if same:
-                    return "duplicate", held
-                action = "replaced"  # same UID, other bytes (both validly signed): the newer one wins
-            write_bytes_durable(target, data)
+            lock = self._uid_locks.setdefault(name, [threading.Lock(), 0])
+            lock[1] += 1
+        try:
+            with lock[0]:
+                for held in dict.fromkeys((target, done)):
+                    try:
+                        same = _same_instance(held.read_bytes(), data)
+                    except FileNotFoundError:
+                        continue
+                    if same:
+                        return "duplicate", held
+                    action = "replaced"  # same UID, other bytes (both validly signed): the newer one wins
+                write_bytes_durable(target, data)
+        finally:
+            with self._store_lock:
+                lock[1] -= 1
+                if not lock[1]:
+                    del self._uid_locks[name]
         if self.forwarder is not None:
             self.forwarder.notify()
         return action, target
@@ -112,6 +135,20 @@ class GatedStorageSCP:
                                   "verdict": "accepted" if verdict.ok else "refused", "reason": verdict.reason,
                                   "signer": verdict.signer, "peer": event.assoc.requestor.address}
         record.update(describe(getattr(getattr(event.assoc.dul, "socket", None), "socket", None)))
+        try:
+            status = self._decide(data, name, verdict, record, peer)
+        except OSError as e:  # the local store cannot take it (disk full, permissions): not acknowledged
+            log.error("cannot store %s from %s: %s", verdict.sop_instance_uid, peer, e)
+            record.update(action="not-stored", error=f"{e.strerror or e}")
+            status = 0xA700  # Refused: out of resources (PS3.4 B.2.3); the sender keeps it and retries
+        record["status"] = status
+        self.audit(record)
+        with self._lock:
+            self.results.append(record)
+        return status
+
+    def _decide(self, data: bytes, name: str, verdict: Verdict, record: dict[str, Any], peer: str) -> int:
+        """Store or quarantine, durably; fills `record`; returns the DIMSE status."""
         if verdict.ok:
             action, path = self._keep(data, name)
             record.update(action=action, file=str(path))
@@ -130,10 +167,6 @@ class GatedStorageSCP:
             record.update(action="quarantined", file=str(path), message=verdict.message)
             status = 0xC000 + verdict.exit_code if self.refuse else 0x0000
             log.warning("refused C-STORE from %s: %s (%s)", peer, verdict.reason, verdict.message)
-        record["status"] = status
-        self.audit(record)
-        with self._lock:
-            self.results.append(record)
         return status
 
     def tls_refused(self, address: Any, error: BaseException) -> None:

@@ -1,0 +1,258 @@
+"""The medsec DICOM node: TLS (BCP 195, mutual authentication), durable store-and-forward into a real Orthanc
+with DicomTlsEnabled, DCMTK's storescu +tls as the modality, and a reduced load-and-fault burst. Loopback
+only; tests needing Orthanc or DCMTK are skipped where they are not installed."""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.util
+import shutil
+import ssl
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+import typer
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
+from typer.testing import CliRunner
+
+from medsec.integrity import AuditLog, Gate
+from medsec.integrity.errors import CertificateValidityError, KeyCertMismatchError, KeyFileError
+from medsec.integrity.keys import keygen, load_certificate
+from medsec.integrity.node import Archive, ArchiveUnavailable, Forwarder
+from medsec.integrity.scp import GatedStorageSCP
+from medsec.integrity.tls import BCP195_CIPHERS, TLSConfig
+
+_spec = importlib.util.spec_from_file_location(
+    "node_burst", Path(__file__).resolve().parents[2] / "benchmarks" / "node_burst.py")
+assert _spec is not None and _spec.loader is not None
+burst = importlib.util.module_from_spec(_spec)
+sys.modules["node_burst"] = burst
+_spec.loader.exec_module(burst)
+
+STORESCU = shutil.which("storescu")
+needs_orthanc = pytest.mark.skipif(burst.ORTHANC is None, reason="Orthanc is not installed")
+needs_dcmtk = pytest.mark.skipif(STORESCU is None, reason="DCMTK (storescu) is not installed")
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    return burst.Pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="module")
+def instances(tmp_path_factory: pytest.TempPathFactory, pki: Any) -> dict[str, Any]:
+    """One valid, one tampered and one untrusted signed instance, by kind."""
+    made = burst.make_instances(tmp_path_factory.mktemp("inst"), 3, pki, tampered=1 / 3, untrusted=1 / 3, size=16)
+    return {i.kind: i for i in made}
+
+
+def node(tmp_path: Path, pki: Any, *, tls: bool = True, forwarder: Forwarder | None = None) -> GatedStorageSCP:
+    ctx = TLSConfig(pki.node[0], pki.node[1], pki.trust).server_context() if tls else None
+    return GatedStorageSCP(Gate(pki.signer_trust, tmp_path / "audit.jsonl"), tmp_path / "store",
+                           tmp_path / "quarantine", forwarder=forwarder, ssl_context=ctx)
+
+
+def send(path: Path, port: int, ctx: ssl.SSLContext | None) -> int | None:
+    """C-STORE one file; the status, or None when no association was made."""
+    from pydicom.uid import ExplicitVRLittleEndian
+    from pynetdicom import AE
+
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(pydicom.uid.SecondaryCaptureImageStorage, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", port, ae_title="MEDSEC",
+                         **({"tls_args": (ctx, "127.0.0.1")} if ctx is not None else {}))
+    if not assoc.is_established:
+        return None
+    try:
+        return int(assoc.send_c_store(path).Status)
+    finally:
+        assoc.release()
+
+
+def test_keygen_makes_tls_certificates(pki: Any) -> None:
+    node_cert, client_cert = load_certificate(pki.node[0]), load_certificate(pki.modality[0])
+    eku = node_cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert set(eku) == {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}
+    assert list(client_cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [
+        ExtendedKeyUsageOID.CLIENT_AUTH]
+    ku = node_cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    assert ku.digital_signature and ku.key_encipherment and not ku.content_commitment
+    san = node_cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "localhost" in san.get_values_for_type(x509.DNSName)
+    assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == ["127.0.0.1", "::1"]
+    signer = load_certificate(pki.signer[0])  # a signing certificate stays a signing certificate
+    assert signer.extensions.get_extension_for_class(x509.KeyUsage).value.content_commitment
+
+
+def test_tls_config_refuses_bad_identity(tmp_path: Path, pki: Any) -> None:
+    with pytest.raises(KeyCertMismatchError, match="does not match"):
+        TLSConfig(pki.node[0], pki.orthanc[1], pki.trust).server_context()
+    old = keygen(tmp_path, name="old", purpose="tls", days=1,
+                 not_before=dt.datetime.now(dt.UTC) - dt.timedelta(days=10))
+    with pytest.raises(CertificateValidityError, match="expired"):
+        TLSConfig(old.cert, old.key, pki.trust).server_context()
+    with pytest.raises(KeyFileError, match="not for a TLS server"):
+        TLSConfig(pki.modality[0], pki.modality[1], pki.trust).server_context()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(KeyFileError, match="holds no certificate"):
+        TLSConfig(pki.node[0], pki.node[1], tmp_path / "empty").server_context()
+    ctx = TLSConfig(pki.node[0], pki.node[1], pki.trust).server_context()
+    assert ctx.minimum_version == ssl.TLSVersion.TLSv1_2 and ctx.verify_mode == ssl.CERT_REQUIRED
+    assert {c["name"] for c in ctx.get_ciphers() if c["protocol"] == "TLSv1.2"} <= set(BCP195_CIPHERS.split(":"))
+
+
+def test_serve_command_reports_bad_tls_input(tmp_path: Path, pki: Any) -> None:
+    from medsec.integrity.cli import serve
+
+    app = typer.Typer()
+    app.command()(serve)
+    base = ["--trust", str(pki.signer_trust), "--store", str(tmp_path / "s"), "--audit-log", str(tmp_path / "a")]
+    r = CliRunner().invoke(app, [*base, "--tls-cert", str(pki.node[0]), "--tls-key", str(pki.rogue[1]),
+                                 "--tls-trust", str(pki.trust)])
+    assert r.exit_code == KeyCertMismatchError.exit_code and "does not match" in r.output
+    r = CliRunner().invoke(app, [*base, "--tls-cert", str(pki.node[0])])
+    assert r.exit_code == 2 and "--tls-key" in r.output
+    r = CliRunner().invoke(app, [*base, "--forward-to", "nonsense"])
+    assert r.exit_code != 0 and "AET@host:port" in str(r.exception or r.output)
+
+
+def test_tls_mutual_auth_and_refusals(tmp_path: Path, pki: Any, instances: dict[str, Any]) -> None:
+    scp, port = node(tmp_path, pki), burst.free_port()
+    scp.start("127.0.0.1", port)
+    try:
+        assert send(instances["valid"].path, port, pki.client_context()) == 0x0000
+        assert send(instances["valid"].path, port, None) is None  # plaintext association: refused
+        assert send(instances["valid"].path, port, pki.client_context("rogue")) is None  # untrusted client
+        anonymous = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # TLS without a client certificate
+        anonymous.load_verify_locations(cafile=str(pki.ca))
+        assert send(instances["valid"].path, port, anonymous) is None
+        tls12 = pki.client_context()  # TLS 1.2 is accepted (1.3 is what both sides attempt first)
+        tls12.maximum_version = ssl.TLSVersion.TLSv1_2
+        assert send(instances["valid"].path, port, tls12) == 0x0000
+        with warnings.catch_warnings():  # a client that speaks TLS 1.1 at most: refused by the node
+            warnings.simplefilter("ignore", DeprecationWarning)
+            old = pki.client_context()
+            old.set_ciphers("DEFAULT:@SECLEVEL=0")
+            old.minimum_version = old.maximum_version = ssl.TLSVersion.TLSv1_1
+        assert send(instances["valid"].path, port, old) is None
+    finally:
+        scp.stop()
+    log = AuditLog(tmp_path / "audit.jsonl").read()
+    received = [r for r in log if r["event"] == "received"]
+    assert [(r["tls"], r["action"], r["peer_cert"]) for r in received] == [
+        ("TLSv1.3", "stored", "commonName=modality"), ("TLSv1.2", "duplicate", "commonName=modality")]
+    assert len([r for r in log if r["event"] == "tls-refused"]) == 4
+    stored = pydicom.dcmread(tmp_path / "store" / f"{instances['valid'].uid}.dcm")
+    assert stored == pydicom.dcmread(instances["valid"].path)  # the data set exactly as signed
+
+
+@needs_dcmtk
+def test_storescu_tls_interop(tmp_path: Path, pki: Any, instances: dict[str, Any]) -> None:
+    assert STORESCU is not None
+    scp, port = node(tmp_path, pki), burst.free_port()
+    scp.start("127.0.0.1", port)
+
+    def storescu(*tls: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([STORESCU, *tls, "-aec", "MEDSEC", "127.0.0.1", str(port),
+                               str(instances["valid"].path), str(instances["tampered"].path)],
+                              capture_output=True, text=True, timeout=60)
+
+    try:
+        ok = storescu("+tls", str(pki.modality[1]), str(pki.modality[0]), "+cf", str(pki.ca))
+        plain = storescu()
+        rogue = storescu("+tls", str(pki.rogue[1]), str(pki.rogue[0]), "+cf", str(pki.ca))
+    finally:
+        scp.stop()
+    assert "Association Request Failed" not in ok.stderr, ok.stderr
+    assert "Association Request Failed" in plain.stderr and "Association Request Failed" in rogue.stderr
+    assert [(r["verdict"], r["reason"], r["tls"]) for r in scp.results][:2] == [
+        ("accepted", "ok", scp.results[0]["tls"]), ("refused", "tampered", scp.results[0]["tls"])]
+    assert len(scp.results) == 2
+    assert len(list((tmp_path / "quarantine").glob("*.dcm"))) == 1
+
+
+@needs_orthanc
+@needs_dcmtk
+def test_node_forwards_valid_once_and_quarantines_the_rest(tmp_path: Path, pki: Any,
+                                                          instances: dict[str, Any]) -> None:
+    """storescu +tls -> medsec node -> Orthanc (DicomTlsEnabled): what is valid arrives once, sent twice or
+    not; what is tampered or untrusted is quarantined and never reaches Orthanc; every step is audited."""
+    assert STORESCU is not None
+    archive = burst.Orthanc(tmp_path / "orthanc", pki)
+    archive.start()
+    fwd = Forwarder(tmp_path / "store", Archive("ORTHANC", "127.0.0.1", archive.port),
+                    tls=TLSConfig(pki.node[0], pki.node[1], pki.trust))
+    scp, port = node(tmp_path, pki, forwarder=fwd), burst.free_port()
+    fwd.audit = scp.audit
+    try:
+        fwd.echo()
+        fwd.start()
+        scp.start("127.0.0.1", port)
+        files = [instances[k].path for k in ("valid", "tampered", "untrusted", "valid")]
+        run = subprocess.run([STORESCU, "-nh", "+tls", str(pki.modality[1]), str(pki.modality[0]), "+cf", str(pki.ca),
+                              "-aec", "MEDSEC", "127.0.0.1", str(port), *map(str, files)],
+                             capture_output=True, text=True, timeout=60)
+        assert "Association Request Failed" not in run.stderr, run.stderr
+        assert fwd.wait_idle(60)
+        in_archive = archive.sop_instance_uids()
+    finally:
+        scp.stop()
+        fwd.stop()
+        archive.stop()
+    assert in_archive == {instances["valid"].uid: 1}
+    log = AuditLog(tmp_path / "audit.jsonl").read()
+    assert [(r["action"], r["reason"]) for r in log if r["event"] == "received"] == [
+        ("queued", "ok"), ("quarantined", "tampered"), ("quarantined", "untrusted"), ("duplicate", "ok")]
+    assert [r["sop_instance_uid"] for r in log if r["event"] == "forwarded"] == [instances["valid"].uid]
+    assert (tmp_path / "store" / f"{instances['valid'].uid}.dcm").exists()
+    assert not list((tmp_path / "store" / "outbox").glob("*.dcm"))
+
+
+@needs_orthanc
+def test_forwarding_survives_archive_outage_and_node_restart(tmp_path: Path, pki: Any,
+                                                             instances: dict[str, Any]) -> None:
+    archive = burst.Orthanc(tmp_path / "orthanc", None)  # not started yet: the archive is down
+    target = Archive("ORTHANC", "127.0.0.1", archive.port)
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    fwd = Forwarder(tmp_path / "store", target, audit=audit.append, retry_max_s=0.5)
+    with pytest.raises(ArchiveUnavailable, match="unreachable"):
+        fwd.echo()
+    scp, port = node(tmp_path, pki, tls=False, forwarder=fwd), burst.free_port()
+    scp.start("127.0.0.1", port)
+    fwd.start()
+    try:
+        assert send(instances["valid"].path, port, None) == 0x0000  # acknowledged: safely in the outbox
+        time.sleep(1.0)
+    finally:
+        scp.stop()
+        fwd.stop()  # the node goes down with the instance still pending
+    assert [p.stem for p in (tmp_path / "store" / "outbox").glob("*.dcm")] == [instances["valid"].uid]
+    assert any(r["event"] == "archive-unreachable" for r in audit.read())
+    archive.start()
+    try:
+        restarted = Forwarder(tmp_path / "store", target, audit=audit.append)  # a new node process
+        restarted.start()
+        assert restarted.wait_idle(60)
+        restarted.stop()
+        assert archive.sop_instance_uids() == {instances["valid"].uid: 1}
+    finally:
+        archive.stop()
+    assert [r["event"] for r in audit.read() if r["event"] == "forwarded"] == ["forwarded"]
+
+
+@needs_orthanc
+def test_reduced_burst_with_node_restart(tmp_path: Path, pki: Any) -> None:
+    """100 signed instances (10 tampered, 2 untrusted), 3 concurrent TLS senders, the node killed with
+    SIGKILL and restarted once: every valid one in Orthanc exactly once, the rest quarantined."""
+    made = burst.make_instances(tmp_path / "inst", 100, pki, size=16)
+    r = burst.run_burst(tmp_path / "run", made, pki, tls=True, senders=3, kill_node_at=0.4, restart_archive_at=None)
+    assert r["events"] and r["events"][0].startswith("node killed")
+    assert r["checks"] == {k: True for k in r["checks"]}, r
+    assert (r["valid"], r["tampered"], r["untrusted"]) == (88, 10, 2)
