@@ -67,7 +67,7 @@ class Pki:
     def __post_init__(self) -> None:
         r = self.root
         ca = keygen(r / "tls", name="ca", common_name="Hospital TLS CA", ca=True)
-        self.ca = ca.cert
+        self.ca, self.ca_key = ca.cert, ca.key
         self.trust = ca.trust_dir  # holds ca.pem: trusted by the node (and given to Orthanc)
         for name, purpose in (("node", "tls"), ("orthanc", "tls"), ("modality", "tls-client")):
             k = keygen(r / "tls", name=name, common_name=name, purpose=purpose,  # type: ignore[arg-type]

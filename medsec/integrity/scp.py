@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import ssl
 import threading
 import uuid
@@ -47,6 +48,16 @@ log = logging.getLogger(__name__)
 
 OnAccept = Callable[[bytes, Path, Verdict], dict[str, Any] | None]
 HANDSHAKE_TIMEOUT_S = 10.0
+# OpenSSL's reason codes for a refused handshake, in words (the code is kept in the audit line too).
+TLS_REFUSALS = {
+    "WRONG_VERSION_NUMBER": "not a TLS handshake (a plaintext association request?)",
+    "HTTP_REQUEST": "not a TLS handshake (an HTTP request)",
+    "PEER_DID_NOT_RETURN_A_CERTIFICATE": "the client presented no certificate",
+    "CERTIFICATE_VERIFY_FAILED": "the client certificate is not trusted by the trust folder, expired, or "
+    "not for TLS clients",
+    "UNSUPPORTED_PROTOCOL": "the client offers only TLS versions below 1.2",
+    "NO_SHARED_CIPHER": "no cipher suite in common with the BCP 195 list",
+}
 
 
 def _safe_name(uid: str | None, fallback: str) -> str:
@@ -171,10 +182,16 @@ class GatedStorageSCP:
 
     def tls_refused(self, address: Any, error: BaseException) -> None:
         """A TLS handshake failed (plaintext, no or untrusted client certificate, protocol/cipher mismatch)."""
-        reason = getattr(error, "reason", None) or str(error) or type(error).__name__
+        code = getattr(error, "reason", None) or type(error).__name__
+        reason = TLS_REFUSALS.get(str(code), str(code))
+        detail = getattr(error, "verify_message", None)
+        if detail:
+            reason += f" ({detail})"
+        if isinstance(error, TimeoutError | socket.timeout):
+            reason = f"no TLS handshake within {HANDSHAKE_TIMEOUT_S:g} s"
         log.warning("TLS handshake with %s refused: %s", address, reason)
-        self.audit({"event": "tls-refused", "peer": list(address) if isinstance(address, tuple) else str(address),
-                    "reason": str(reason)})
+        host, port = (address[0], address[1]) if isinstance(address, tuple) else (str(address), None)
+        self.audit({"event": "tls-refused", "peer": host, "peer_port": port, "reason": reason, "code": str(code)})
 
     def application_entity(self) -> Any:
         """A pynetdicom AE offering every storage SOP class, explicit VR LE and common compressed syntaxes

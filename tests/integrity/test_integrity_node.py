@@ -133,6 +133,12 @@ def test_tls_mutual_auth_and_refusals(tmp_path: Path, pki: Any, instances: dict[
         anonymous = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # TLS without a client certificate
         anonymous.load_verify_locations(cafile=str(pki.ca))
         assert send(instances["valid"].path, port, anonymous) is None
+        expired = keygen(tmp_path / "exp", name="exp", purpose="tls-client", days=1, issuer_key_path=pki.ca_key,
+                         issuer_cert_path=pki.ca, not_before=dt.datetime.now(dt.UTC) - dt.timedelta(days=10))
+        late = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # a modality whose certificate expired
+        late.load_verify_locations(cafile=str(pki.ca))
+        late.load_cert_chain(str(expired.cert), str(expired.key))
+        assert send(instances["valid"].path, port, late) is None
         tls12 = pki.client_context()  # TLS 1.2 is accepted (1.3 is what both sides attempt first)
         tls12.maximum_version = ssl.TLSVersion.TLSv1_2
         assert send(instances["valid"].path, port, tls12) == 0x0000
@@ -148,7 +154,11 @@ def test_tls_mutual_auth_and_refusals(tmp_path: Path, pki: Any, instances: dict[
     received = [r for r in log if r["event"] == "received"]
     assert [(r["tls"], r["action"], r["peer_cert"]) for r in received] == [
         ("TLSv1.3", "stored", "commonName=modality"), ("TLSv1.2", "duplicate", "commonName=modality")]
-    assert len([r for r in log if r["event"] == "tls-refused"]) == 4
+    refusals = [r["reason"] for r in log if r["event"] == "tls-refused"]
+    assert len(refusals) == 5 and refusals[0].startswith("not a TLS handshake")
+    assert refusals[1].startswith("the client certificate is not trusted")
+    assert refusals[2] == "the client presented no certificate" and "expired" in refusals[3]
+    assert refusals[4] == "the client offers only TLS versions below 1.2"
     stored = pydicom.dcmread(tmp_path / "store" / f"{instances['valid'].uid}.dcm")
     assert stored == pydicom.dcmread(instances["valid"].path)  # the data set exactly as signed
 
