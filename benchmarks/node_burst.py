@@ -41,7 +41,8 @@ from typing import Any
 import numpy as np
 
 from medsec.integrity.demo import replace_pixels_in_place
-from medsec.integrity.keys import keygen
+from medsec.integrity.keys import keygen, load_certificate, load_private_key
+from medsec.integrity.node import disable_nagle
 from medsec.integrity.samples import write_image_dicom
 from medsec.integrity.signature import sign_file
 from medsec.integrity.tls import TLSConfig
@@ -209,11 +210,13 @@ def make_instances(folder: Path, n: int, pki: Pki, tampered: float = 0.10, untru
     rng.shuffle(kinds)
     folder.mkdir(parents=True, exist_ok=True)
     study = pydicom.uid.generate_uid()
+    keys = {kind: (load_certificate(cert), load_private_key(key))  # loaded once, not per file
+            for kind, (cert, key) in (("trusted", pki.signer), ("untrusted", pki.other_signer))}
     out = []
     for i, kind in enumerate(kinds):
         pixels = rng.integers(0, 256, (1, size, size), dtype=np.uint8)
         raw = write_image_dicom(folder / f"raw-{i}.dcm", pixels, study_uid=study, instance_number=i + 1)
-        cert, key = pki.other_signer if kind == "untrusted" else pki.signer
+        cert, key = keys["untrusted" if kind == "untrusted" else "trusted"]
         path = folder / f"{i:05d}-{kind}.dcm"
         sign_file(raw, path, key, cert)
         raw.unlink()
@@ -242,9 +245,9 @@ def sender(instances: list[Instance], port: int, ctx: ssl.SSLContext | None, out
     the node is down), as a modality's retry queue does."""
     import pydicom
     from pydicom.uid import ExplicitVRLittleEndian
-    from pynetdicom import AE
+    from pynetdicom import AE, evt
 
-    ae = AE(ae_title="MODALITY")
+    ae = AE(ae_title="MODALITY")  # like DCMTK's storescu: Nagle's algorithm off
     ae.network_timeout = ae.acse_timeout = ae.dimse_timeout = 30
     ae.add_requested_context(pydicom.uid.SecondaryCaptureImageStorage, ExplicitVRLittleEndian)
     assoc = None
@@ -253,7 +256,9 @@ def sender(instances: list[Instance], port: int, ctx: ssl.SSLContext | None, out
         delay = 0.05
         while True:
             if assoc is None or not assoc.is_established:
-                kwargs = {"tls_args": (ctx, "127.0.0.1")} if ctx is not None else {}
+                kwargs: dict[str, Any] = {"evt_handlers": [(evt.EVT_CONN_OPEN, disable_nagle)]}
+                if ctx is not None:
+                    kwargs["tls_args"] = (ctx, "127.0.0.1")
                 assoc = ae.associate("127.0.0.1", port, ae_title=NODE_AET, **kwargs)
                 if not assoc.is_established:
                     if time.monotonic() > deadline:

@@ -127,7 +127,7 @@ class GatedStorageSCP:
                 if not lock[1]:
                     del self._uid_locks[name]
         if self.forwarder is not None:
-            self.forwarder.notify()
+            self.forwarder.notify(target)
         return action, target
 
     def handle_store(self, event: Any) -> int:
@@ -266,6 +266,7 @@ def _server_class() -> Any:
             return client, address
 
         def process_request_thread(self, request: Any, client_address: Any) -> None:
+            request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # see node.disable_nagle
             if isinstance(request, ssl.SSLSocket):
                 try:
                     request.settimeout(HANDSHAKE_TIMEOUT_S)
