@@ -319,28 +319,39 @@ def run_burst(workdir: Path, instances: list[Instance], pki: Pki, *, tls: bool, 
                 errors.append(e)
 
         threads = [threading.Thread(target=run, args=(s,), daemon=True) for s in shares]
-        t_start = time.perf_counter()
-        for t in threads:
-            t.start()
         n = len(instances)
-        killed = restarted = False
-        while any(t.is_alive() for t in threads):
-            done = out.answered / n
-            if kill_node_at is not None and not killed and done >= kill_node_at:
+
+        def at(fraction: float) -> bool:  # wait until that share of instances is answered
+            while out.answered < fraction * n and any(t.is_alive() for t in threads):
+                time.sleep(0.005)
+            return any(t.is_alive() for t in threads)
+
+        def kill_node() -> None:
+            if kill_node_at is not None and at(kill_node_at):
                 node.kill()
-                events.append(f"node killed after {out.answered} answers")
+                events.append(f"{time.perf_counter() - t_start:.2f} s: node killed (SIGKILL) after {out.answered} "
+                              f"answers, {node.pending()} waiting in its outbox")
                 node.start()
-                killed = True
-            if restart_archive_at is not None and not restarted and done >= restart_archive_at:
+                events.append(f"{time.perf_counter() - t_start:.2f} s: node restarted")
+
+        def restart_archive() -> None:
+            if restart_archive_at is not None and at(restart_archive_at):
+                events.append(f"{time.perf_counter() - t_start:.2f} s: Orthanc stopping (SIGTERM) after "
+                              f"{out.answered} answers, {node.pending()} waiting in the node's outbox")
                 archive.stop()
-                events.append(f"Orthanc stopped after {out.answered} answers ({node.pending()} pending)")
+                events.append(f"{time.perf_counter() - t_start:.2f} s: Orthanc stopped, {node.pending()} waiting")
                 time.sleep(archive_outage_s)
                 archive.start()
-                restarted = True
-            time.sleep(0.01)
+                events.append(f"{time.perf_counter() - t_start:.2f} s: Orthanc started")
+
+        faults = [threading.Thread(target=f, daemon=True) for f in (kill_node, restart_archive)]
+        t_start = time.perf_counter()
+        for t in threads + faults:
+            t.start()
+        for t in threads + faults:
+            t.join()
         if errors:
             raise errors[0]
-        t_sent = time.perf_counter()
         end = time.monotonic() + drain_timeout_s
         while node.pending() and time.monotonic() < end:
             time.sleep(0.05)
@@ -380,7 +391,7 @@ def run_burst(workdir: Path, instances: list[Instance], pki: Pki, *, tls: bool, 
         "audit_received_lines": sum(received.values()), "audit_cut_lines": cut_lines,
         "forward_sends": sum(forwarded.values()),
         "forwarded_twice": sum(1 for c in forwarded.values() if c > 1),
-        "seconds_sending": round(t_sent - t_start, 2), "seconds_until_archived": round(t_drained - t_start, 2),
+        "seconds_sending": round(out.last - t_start, 2), "seconds_until_archived": round(t_drained - t_start, 2),
         "checks": checks, "ok": all(checks.values()),
     }
 
