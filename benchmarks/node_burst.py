@@ -378,6 +378,7 @@ def run_burst(workdir: Path, instances: list[Instance], pki: Pki, *, tls: bool, 
             (out.statuses.get(i.uid) == 0) == (i.kind == "valid") for i in instances),
         "an audit line for every instance received, none without a delivery": all(
             1 <= received[i.uid] <= out.attempts[i.uid] for i in instances),
+        "a forwarded audit line for every valid instance": all(forwarded[i.uid] >= 1 for i in valid),
         "nothing left in the outbox": node.pending() == 0,
     }
     return {

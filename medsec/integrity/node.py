@@ -297,14 +297,15 @@ class Forwarder:
         status = int(rsp.Status)
         if status in STORED:
             dest = self.store_dir / path.name
+            # audit first, then move: a crash in between resends it, and the log shows both sends
+            self._record("forwarded", uid, status=status, file=str(dest),
+                         seconds=round(time.perf_counter() - t0, 4))
             os.replace(path, dest)
             fsync_dir(self.store_dir)
             fsync_dir(self.outbox)
             with self._lock:
                 self._failures.pop(uid, None)
                 self.sent += 1
-            self._record("forwarded", uid, status=status, file=str(dest),
-                         seconds=round(time.perf_counter() - t0, 4))
             return "forwarded"
         with self._lock:
             n = self._failures[uid] = self._failures.get(uid, 0) + 1
