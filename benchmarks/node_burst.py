@@ -236,6 +236,7 @@ class SendLog:
     answered: int = 0
     first: float = 0.0
     last: float = 0.0
+    gap: float = 0.0  # the longest time between two answers (to any sender): stalls show here
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -248,7 +249,8 @@ def sender(instances: list[Instance], port: int, ctx: ssl.SSLContext | None, out
     from pynetdicom import AE, evt
 
     ae = AE(ae_title="MODALITY")  # like DCMTK's storescu: Nagle's algorithm off
-    ae.network_timeout = ae.acse_timeout = ae.dimse_timeout = 30
+    ae.network_timeout = ae.acse_timeout = 30
+    ae.dimse_timeout = 10  # no answer within 10 s: abort and resend, as a modality's retry timer would
     ae.add_requested_context(pydicom.uid.SecondaryCaptureImageStorage, ExplicitVRLittleEndian)
     assoc = None
     for inst in instances:
@@ -274,6 +276,7 @@ def sender(instances: list[Instance], port: int, ctx: ssl.SSLContext | None, out
             if rsp and "Status" in rsp:
                 t1 = time.perf_counter()
                 with out.lock:
+                    out.gap = max(out.gap, t1 - (out.last or t1))
                     out.latencies.append(t1 - t0)
                     out.statuses[inst.uid] = int(rsp.Status)
                     out.answered += 1
@@ -388,6 +391,7 @@ def run_burst(workdir: Path, instances: list[Instance], pki: Pki, *, tls: bool, 
         "throughput_per_s": round(n / (out.last - out.first), 1),
         "latency_ms": {f"p{q}": round(float(np.percentile(lat, q)), 1) for q in (50, 90, 99)}
         | {"max": round(float(lat.max()), 1)},
+        "longest_gap_between_answers_s": round(out.gap, 2),
         "sends": sum(out.attempts.values()), "resent_by_senders": sum(out.attempts.values()) - n,
         "audit_received_lines": sum(received.values()), "audit_cut_lines": cut_lines,
         "forward_sends": sum(forwarded.values()),

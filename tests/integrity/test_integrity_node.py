@@ -266,3 +266,44 @@ def test_reduced_burst_with_node_restart(tmp_path: Path, pki: Any) -> None:
     assert any("node killed" in e for e in r["events"]) and any("node restarted" in e for e in r["events"])
     assert r["checks"] == {k: True for k in r["checks"]}, r
     assert (r["valid"], r["tampered"], r["untrusted"]) == (88, 10, 2)
+
+
+def test_transfer_cut_mid_instance_stores_nothing(tmp_path: Path, pki: Any, instances: dict[str, Any]) -> None:
+    """A sender whose connection dies in the middle of an instance gets no acknowledgement and the node keeps
+    nothing of it (no C-STORE happened); a file cut in half and sent whole is quarantined."""
+    import socket
+
+    from pydicom.uid import ExplicitVRLittleEndian
+    from pynetdicom import AE, evt
+
+    scp, port = node(tmp_path, pki, tls=False), burst.free_port()
+    scp.start("127.0.0.1", port)
+    sent: list[int] = []
+
+    def cut_after_two_pdus(event: Any) -> None:
+        sent.append(len(event.data))
+        if len(sent) == 4:  # the A-ASSOCIATE-RQ, the command, then two P-DATA fragments of the data set
+            event.assoc.dul.socket.socket.shutdown(socket.SHUT_RDWR)
+
+    big = burst.make_instances(tmp_path / "big", 1, pki, tampered=0, untrusted=0, size=256)[0]  # 64 KiB: 4+ PDUs
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(pydicom.uid.SecondaryCaptureImageStorage, ExplicitVRLittleEndian)
+    try:
+        assoc = ae.associate("127.0.0.1", port, ae_title="MEDSEC",
+                             evt_handlers=[(evt.EVT_DATA_SENT, cut_after_two_pdus)])
+        assert assoc.is_established
+        rsp = assoc.send_c_store(big.path)
+        assert not rsp or "Status" not in rsp  # never acknowledged: the modality keeps it and resends
+        assoc.abort()
+        time.sleep(0.5)
+        assert scp.results == [] and not (tmp_path / "store").exists()
+        half = tmp_path / "half.dcm"
+        data = instances["valid"].path.read_bytes()
+        half.write_bytes(data[: len(data) // 2])
+        # cut in half and sent whole: what arrives has lost its end (the signature sits after Pixel Data)
+        assert send(half, port, None) in (0xC000 + 10, 0xC000 + 11)
+        assert send(instances["valid"].path, port, None) == 0x0000  # and the node goes on
+    finally:
+        scp.stop()
+    assert [r["action"] for r in scp.results] == ["quarantined", "stored"]
+    assert scp.results[0]["reason"] in ("unreadable", "unsigned")
