@@ -3,7 +3,7 @@
 Signed instances (10% with tampered pixels, 2% signed by a signer the node does not trust) are sent by
 several concurrent senders (pynetdicom SCUs that, like a modality, resend an instance until it is
 answered). During the burst the node process is killed (SIGKILL) and restarted once, and Orthanc is
-stopped and started once. Afterwards it checks that every valid instance is in Orthanc exactly once,
+killed and started again once. Afterwards it checks that every valid instance is in Orthanc exactly once,
 every tampered or untrusted one is in quarantine and never in Orthanc, and that the audit log has a
 `received` line for every instance that reached the node (no more lines than deliveries). It prints the
 throughput (instances answered per second, from the first send to the last answer, restart and outage
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import datetime as dt
 import json
 import os
 import shutil
@@ -123,9 +124,10 @@ class Orthanc:
                 time.sleep(0.1)
         raise RuntimeError("Orthanc did not start")
 
-    def stop(self) -> None:
+    def stop(self, kill: bool = False) -> None:
+        """SIGTERM (Orthanc finishes the associations in progress first), or SIGKILL (a crash)."""
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
             try:
                 self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
@@ -301,7 +303,8 @@ def read_audit(path: Path) -> tuple[list[dict[str, Any]], int]:
 
 def run_burst(workdir: Path, instances: list[Instance], pki: Pki, *, tls: bool, senders: int = 4,
               kill_node_at: float | None = 0.3, restart_archive_at: float | None = 0.6,
-              archive_outage_s: float = 2.0, drain_timeout_s: float = 300) -> dict[str, Any]:
+              archive_outage_s: float = 2.0, archive_kill: bool = True,
+              drain_timeout_s: float = 300) -> dict[str, Any]:
     """Send `instances` through a fresh node into a fresh Orthanc with the faults; returns figures and checks."""
     workdir.mkdir(parents=True, exist_ok=True)
     archive = Orthanc(workdir / "orthanc", pki if tls else None)
@@ -339,16 +342,17 @@ def run_burst(workdir: Path, instances: list[Instance], pki: Pki, *, tls: bool, 
 
         def restart_archive() -> None:
             if restart_archive_at is not None and at(restart_archive_at):
-                events.append(f"{time.perf_counter() - t_start:.2f} s: Orthanc stopping (SIGTERM) after "
-                              f"{out.answered} answers, {node.pending()} waiting in the node's outbox")
-                archive.stop()
+                events.append(f"{time.perf_counter() - t_start:.2f} s: Orthanc stopping "
+                              f"({'SIGKILL' if archive_kill else 'SIGTERM'}) after {out.answered} answers, "
+                              f"{node.pending()} waiting in the node's outbox")
+                archive.stop(kill=archive_kill)
                 events.append(f"{time.perf_counter() - t_start:.2f} s: Orthanc stopped, {node.pending()} waiting")
                 time.sleep(archive_outage_s)
                 archive.start()
                 events.append(f"{time.perf_counter() - t_start:.2f} s: Orthanc started")
 
         faults = [threading.Thread(target=f, daemon=True) for f in (kill_node, restart_archive)]
-        t_start = time.perf_counter()
+        t_start, wall_start = time.perf_counter(), time.time()
         for t in threads + faults:
             t.start()
         for t in threads + faults:
@@ -358,7 +362,6 @@ def run_burst(workdir: Path, instances: list[Instance], pki: Pki, *, tls: bool, 
         end = time.monotonic() + drain_timeout_s
         while node.pending() and time.monotonic() < end:
             time.sleep(0.05)
-        t_drained = time.perf_counter()
         node.stop()
         in_archive = archive.sop_instance_uids()
     finally:
@@ -367,6 +370,8 @@ def run_burst(workdir: Path, instances: list[Instance], pki: Pki, *, tls: bool, 
     audit, cut_lines = read_audit(node.audit)
     received = collections.Counter(r["sop_instance_uid"] for r in audit if r.get("event") == "received")
     forwarded = collections.Counter(r["sop_instance_uid"] for r in audit if r.get("event") == "forwarded")
+    last_forward = max((dt.datetime.fromisoformat(r["time"].replace("Z", "+00:00")).timestamp()
+                        for r in audit if r.get("event") == "forwarded"), default=wall_start)
     quarantined = {q.name.rsplit(".", 2)[0] for q in node.quarantine.glob("*.dcm")}  # UID.<random>.dcm
     valid = [i for i in instances if i.kind == "valid"]
     refused = [i for i in instances if i.kind != "valid"]
@@ -396,7 +401,8 @@ def run_burst(workdir: Path, instances: list[Instance], pki: Pki, *, tls: bool, 
         "audit_received_lines": sum(received.values()), "audit_cut_lines": cut_lines,
         "forward_sends": sum(forwarded.values()),
         "forwarded_twice": sum(1 for c in forwarded.values() if c > 1),
-        "seconds_sending": round(out.last - t_start, 2), "seconds_until_archived": round(t_drained - t_start, 2),
+        "seconds_sending": round(out.last - t_start, 2), "seconds_until_archived": round(last_forward - wall_start, 2),
+        "archive_unreachable_events": sum(r.get("event") == "archive-unreachable" for r in audit),
         "checks": checks, "ok": all(checks.values()),
     }
 
@@ -407,6 +413,9 @@ def main() -> None:
     p.add_argument("--senders", type=int, default=4, help="concurrent senders")
     p.add_argument("--modes", nargs="+", choices=["plain", "tls"], default=["plain", "tls"])
     p.add_argument("--no-archive-restart", action="store_true", help="do not stop and start Orthanc")
+    p.add_argument("--archive-stop", choices=["kill", "term"], default="kill",
+                   help="how Orthanc is stopped: SIGKILL (a crash, default) or SIGTERM (it first finishes the "
+                        "node's associations in progress, which with a backlog can drain it)")
     p.add_argument("--workdir", type=Path, default=None, help="keep everything here (default: a temp folder)")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     a = p.parse_args()
@@ -420,7 +429,7 @@ def main() -> None:
     results = []
     for mode in a.modes:
         r = run_burst(root / mode, instances, pki, tls=mode == "tls", senders=a.senders,
-                      restart_archive_at=None if a.no_archive_restart else 0.6)
+                      restart_archive_at=None if a.no_archive_restart else 0.6, archive_kill=a.archive_stop == "kill")
         results.append(r)
         print(json.dumps(r, indent=1), flush=True)
     print("\n| transport | instances (valid/tampered/untrusted) | senders | instances/s | latency p50 / p90 / p99 / "
