@@ -1,10 +1,10 @@
 """Durable store-and-forward from the medsec node to the archive (a PACS such as Orthanc).
 
 The gated SCP (`medsec.integrity.scp`) writes every accepted instance to `STORE/outbox/<SOP Instance
-UID>.dcm` (atomically, fsync'd) before it acknowledges the sender. The `Forwarder` thread sends the outbox
-to the archive with C-STORE, the bytes exactly as received (so the signature still verifies there), over
-TLS when configured; when the archive acknowledges an instance it is moved to `STORE/<UID>.dcm`, the
-local copy. The state is therefore on disk, not in memory:
+UID>.dcm` (atomically, fsync'd) before it acknowledges the sender. The `Forwarder` workers send the outbox
+to the archive with C-STORE (TCP_NODELAY, parallel associations), the bytes exactly as received (so the
+signature still verifies there), over TLS when configured; when the archive acknowledges an instance it is
+moved to `STORE/<UID>.dcm`, the local copy. The state is therefore on disk, not in memory:
 
 - `STORE/outbox/<UID>.dcm`: accepted, not yet acknowledged by the archive. A node restart resumes these.
 - `STORE/<UID>.dcm`: acknowledged by the archive (kept as the local copy).
@@ -274,10 +274,9 @@ class Forwarder:
         if self.audit is not None:
             self.audit({"event": event, "sop_instance_uid": uid, "archive": str(self.archive), **extra})
 
-    def send_one(self, path: Path, link: _Link | None = None) -> str:
+    def send_one(self, path: Path, link: _Link) -> str:
         """Send one outbox file: 'forwarded', 'retry' (failure status, kept), or 'failed' (given up).
         Raises ArchiveUnavailable when there is no association or it broke during the send."""
-        link = link or _Link()
         uid = path.stem
         context = _context_of(path)
         if context is None:  # unreadable meta: cannot happen for what the gate accepted; keep it aside
