@@ -182,9 +182,9 @@ def test_storescu_tls_interop(tmp_path: Path, pki: Any, instances: dict[str, Any
         scp.stop()
     assert "Association Request Failed" not in ok.stderr, ok.stderr
     assert "Association Request Failed" in plain.stderr and "Association Request Failed" in rogue.stderr
-    assert [(r["verdict"], r["reason"], r["tls"]) for r in scp.results][:2] == [
-        ("accepted", "ok", scp.results[0]["tls"]), ("refused", "tampered", scp.results[0]["tls"])]
-    assert len(scp.results) == 2
+    assert [(r["verdict"], r["reason"], r["peer_cert"]) for r in scp.results] == [
+        ("accepted", "ok", "commonName=modality"), ("refused", "tampered", "commonName=modality")]
+    assert all(r["tls"] in ("TLSv1.2", "TLSv1.3") for r in scp.results)
     assert len(list((tmp_path / "quarantine").glob("*.dcm"))) == 1
 
 
@@ -307,3 +307,38 @@ def test_transfer_cut_mid_instance_stores_nothing(tmp_path: Path, pki: Any, inst
         scp.stop()
     assert [r["action"] for r in scp.results] == ["quarantined", "stored"]
     assert scp.results[0]["reason"] in ("unreadable", "unsigned")
+
+
+def _handshake(server: ssl.SSLContext, client: ssl.SSLContext) -> tuple[str | None, str]:
+    """TLS version and cipher of a handshake between the two contexts over a socket pair."""
+    import socket
+    import threading
+
+    a, b = socket.socketpair()
+    result: list[Any] = []
+
+    def serve() -> None:
+        with server.wrap_socket(a, server_side=True) as s:
+            result.append(s.version())
+
+    t = threading.Thread(target=serve)
+    t.start()
+    with client.wrap_socket(b, server_hostname="localhost") as c:
+        cipher = c.cipher()[0]  # type: ignore[index]
+    t.join(10)
+    return result[0], cipher
+
+
+def test_ecdsa_and_encrypted_tls_identities(tmp_path: Path, pki: Any) -> None:
+    from medsec.integrity.errors import KeyPasswordError
+
+    ec = keygen(tmp_path, name="ecnode", kind="ecdsa", purpose="tls", password="s3cret",
+                issuer_key_path=pki.ca_key, issuer_cert_path=pki.ca)
+    with pytest.raises(KeyPasswordError):
+        TLSConfig(ec.cert, ec.key, pki.trust).server_context()
+    server = TLSConfig(ec.cert, ec.key, pki.trust, password="s3cret").server_context()
+    assert _handshake(server, pki.client_context())[0] == "TLSv1.3"
+    tls12 = pki.client_context()
+    tls12.maximum_version = ssl.TLSVersion.TLSv1_2
+    version, cipher = _handshake(server, tls12)
+    assert version == "TLSv1.2" and cipher in BCP195_CIPHERS.split(":") and cipher.startswith("ECDHE-ECDSA")
