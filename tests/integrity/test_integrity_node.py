@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import datetime as dt
 import importlib.util
+import json
 import shutil
 import ssl
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 import warnings
 from pathlib import Path
 from typing import Any
@@ -342,3 +345,33 @@ def test_ecdsa_and_encrypted_tls_identities(tmp_path: Path, pki: Any) -> None:
     tls12.maximum_version = ssl.TLSVersion.TLSv1_2
     version, cipher = _handshake(server, tls12)
     assert version == "TLSv1.2" and cipher in BCP195_CIPHERS.split(":") and cipher.startswith("ECDHE-ECDSA")
+
+
+@needs_orthanc
+def test_orthanc_sends_to_the_node_over_tls(tmp_path: Path, pki: Any, instances: dict[str, Any]) -> None:
+    """Orthanc as the TLS client (its per-modality UseDicomTls): the node accepts its certificate (issued by
+    the trusted CA) and gates what it sends."""
+    archive = burst.Orthanc(tmp_path / "orthanc", pki)
+    scp, port = node(tmp_path, pki), burst.free_port()
+    cfg = json.loads(archive.config.read_text())
+    cfg["DicomModalities"] = {"medsec": {"AET": "MEDSEC", "Host": "127.0.0.1", "Port": port, "UseDicomTls": True}}
+    archive.config.write_text(json.dumps(cfg))
+    archive.start()
+    scp.start("127.0.0.1", port)
+    try:
+        base = f"http://127.0.0.1:{archive.http}"
+        for kind in ("valid", "tampered"):
+            req = urllib.request.Request(base + "/instances", data=instances[kind].path.read_bytes(), method="POST")
+            with urllib.request.urlopen(req, timeout=30) as r:
+                orthanc_id = json.loads(r.read())["ID"]
+            body = json.dumps({"Resources": [orthanc_id], "Synchronous": True}).encode()
+            try:
+                urllib.request.urlopen(urllib.request.Request(base + "/modalities/medsec/store", data=body,
+                                                              method="POST"), timeout=60).close()
+            except urllib.error.HTTPError:
+                assert kind == "tampered"  # the node refused it: Orthanc reports the failed C-STORE
+    finally:
+        scp.stop()
+        archive.stop()
+    assert [(r["reason"], r["action"], r["peer_cert"], r["source"].split("#")[0]) for r in scp.results] == [
+        ("ok", "stored", "commonName=orthanc", "ORTHANC"), ("tampered", "quarantined", "commonName=orthanc", "ORTHANC")]
