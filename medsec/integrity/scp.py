@@ -95,6 +95,9 @@ class GatedStorageSCP:
         self._uid_locks: dict[str, list[Any]] = {}  # UID -> [lock, users]
         self._counter = 0
         self.server: Any = None
+        for folder in (self.store_dir, self.quarantine_dir):  # writes a crash cut short: never acknowledged
+            for tmp in folder.glob(".*.tmp") if folder.is_dir() else ():
+                tmp.unlink(missing_ok=True)
 
     def audit(self, record: dict[str, Any]) -> None:
         """One line in the gate's audit log (when it has one)."""

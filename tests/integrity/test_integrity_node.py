@@ -375,3 +375,26 @@ def test_orthanc_sends_to_the_node_over_tls(tmp_path: Path, pki: Any, instances:
         archive.stop()
     assert [(r["reason"], r["action"], r["peer_cert"], r["source"].split("#")[0]) for r in scp.results] == [
         ("ok", "stored", "commonName=orthanc", "ORTHANC"), ("tampered", "quarantined", "commonName=orthanc", "ORTHANC")]
+
+
+def test_silent_client_blocks_nobody(tmp_path: Path, pki: Any, instances: dict[str, Any],
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client that connects and never starts TLS does not hold up others, and is cut off after the
+    handshake time limit."""
+    import socket
+
+    from medsec.integrity import scp as scp_module
+
+    monkeypatch.setattr(scp_module, "HANDSHAKE_TIMEOUT_S", 1.0)
+    scp, port = node(tmp_path, pki), burst.free_port()
+    scp.start("127.0.0.1", port)
+    try:
+        with socket.create_connection(("127.0.0.1", port)) as silent:
+            assert send(instances["valid"].path, port, pki.client_context()) == 0x0000
+            silent.settimeout(5)
+            assert silent.recv(1) == b""  # the node closed it
+    finally:
+        scp.stop()
+    log = AuditLog(tmp_path / "audit.jsonl").read()
+    assert [r["event"] for r in log] == ["received", "tls-refused"]  # served while the silent one waited
+    assert log[1]["reason"] == "no TLS handshake within 1 s"
