@@ -58,24 +58,24 @@ def fsync_dir(path: str | Path) -> None:
         os.close(fd)
 
 
-def write_bytes_durable(dest: str | Path, data: bytes) -> None:
-    """Write `data` to `dest` atomically and durably: a temporary file beside it, fsync'd, renamed onto
-    `dest`, then the folder fsync'd. After it returns the file survives a crash or power loss whole; before,
-    `dest` is either absent (or its old content) and never half-written."""
-    dest = Path(dest)
-    with atomic_path(dest) as tmp:
-        fd = os.open(tmp, os.O_WRONLY | os.O_TRUNC)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    fsync_dir(dest.parent)
-
-
 def write_text_atomic(dest: str | Path, text: str) -> None:
     """Write a text file atomically."""
     with atomic_path(dest) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def write_bytes_atomic(dest: str | Path, data: bytes, *, durable: bool = False) -> None:
+    """Write a binary file atomically (the parent folder is created). `durable` also fsyncs the file before
+    the rename and the folder after it: once this returns the file survives a crash or power loss whole
+    (what the DICOM node needs before it acknowledges an instance); either way `dest` is never half-written."""
+    dest = Path(dest)
+    with atomic_path(dest) as tmp:
+        if not durable:
+            tmp.write_bytes(data)
+        else:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+    if durable:
+        fsync_dir(dest.parent)

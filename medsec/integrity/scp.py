@@ -39,7 +39,7 @@ from medsec.integrity.errors import IntegrityError
 from medsec.integrity.gate import Gate, Verdict, check_bytes
 from medsec.integrity.rawdicom import split_meta
 from medsec.integrity.tls import describe
-from medsec.paths import write_bytes_durable, write_text_atomic
+from medsec.paths import write_bytes_atomic, write_text_atomic
 
 if TYPE_CHECKING:
     from medsec.integrity.node import Forwarder
@@ -123,7 +123,7 @@ class GatedStorageSCP:
                     if same:
                         return "duplicate", held
                     action = "replaced"  # same UID, other bytes (both validly signed): the newer one wins
-                write_bytes_durable(target, data)
+                write_bytes_atomic(target, data, durable=True)
         finally:
             with self._store_lock:
                 lock[1] -= 1
@@ -176,7 +176,7 @@ class GatedStorageSCP:
         else:
             # a unique name: the same UID may arrive tampered many times, across restarts too
             path = self.quarantine_dir / f"{name[:-4]}.{uuid.uuid4().hex[:12]}.dcm"
-            write_bytes_durable(path, data)
+            write_bytes_atomic(path, data, durable=True)
             write_text_atomic(path.with_suffix(".verdict.json"), json.dumps(verdict.as_dict(), indent=2))
             record.update(action="quarantined", file=str(path), message=verdict.message)
             status = 0xC000 + verdict.exit_code if self.refuse else 0x0000
