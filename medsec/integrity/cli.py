@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
 from medsec.integrity.errors import IntegrityError, UnreadableFileError
+
+if TYPE_CHECKING:
+    from medsec.integrity.tls import TLSConfig
 
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
@@ -264,7 +267,7 @@ def infer(
         raise SystemExit(first_code)
 
 
-def _tls_config(cert: Path | None, key: Path | None, trust: Path | None, password: str | None) -> object:
+def _tls_config(cert: Path | None, key: Path | None, trust: Path | None, password: str | None) -> TLSConfig | None:
     """The node's TLSConfig from serve's --tls-* options (all three or none), checked now."""
     from medsec.integrity.tls import TLSConfig
 
@@ -312,14 +315,12 @@ def serve(
     from medsec.integrity.infer import infer_bytes
     from medsec.integrity.node import Archive, ArchiveUnavailable, Forwarder
     from medsec.integrity.scp import GatedStorageSCP
-    from medsec.integrity.tls import TLSConfig
 
     try:
         gate = Gate(trust, audit_log)
         tls = _tls_config(tls_cert, tls_key, tls_trust, tls_password)
     except IntegrityError as e:
         raise _fail(e) from None
-    assert tls is None or isinstance(tls, TLSConfig)
     use_tls_out = (tls is not None) if forward_tls is None else forward_tls
     if use_tls_out and tls is None:
         raise typer.BadParameter("--forward-tls needs the node's --tls-cert, --tls-key and --tls-trust",
