@@ -77,6 +77,8 @@ class Pki:
             setattr(self, name, (k.cert, k.key))
         rogue = keygen(r / "rogue", name="rogue", common_name="rogue client", purpose="tls-client")
         self.rogue = (rogue.cert, rogue.key)
+        rogue_node = keygen(r / "rogue", name="rogue-node", common_name="rogue node", purpose="tls")
+        self.rogue_node = (rogue_node.cert, rogue_node.key)
         signer = keygen(r / "signer", name="ct", common_name="CT Scanner 3")
         self.signer, self.signer_trust = (signer.cert, signer.key), signer.trust_dir
         other = keygen(r / "other", name="other", common_name="Unknown Scanner")

@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import socket
+import ssl
 import threading
 import time
 from dataclasses import dataclass
@@ -243,8 +244,18 @@ class Forwarder:
         except OSError as e:
             return f"is unreachable ({e.strerror or e})"
         if self._ssl is not None:
-            return ("accepted the connection but the TLS handshake or association failed (does it speak TLS, "
-                    "and do its trust folder and ours hold each other's certificates or CAs?)")
+            try:
+                with socket.create_connection((self.archive.host, self.archive.port), timeout=5) as raw, \
+                        self._ssl.wrap_socket(raw, server_hostname=self.archive.host):
+                    pass
+            except ssl.SSLCertVerificationError as e:
+                return f"presented a TLS certificate this node does not accept ({e.verify_message})"
+            except ssl.SSLError as e:
+                return f"refused the TLS handshake ({e.reason or e}): does it speak TLS?"
+            except OSError as e:
+                return f"broke off the TLS handshake ({e.strerror or e}): does it speak TLS?"
+            return ("completed the TLS handshake but not the association (does it trust this node's certificate "
+                    "and accept its AE title?)")
         return "accepted the connection but aborted the association (does it expect TLS?)"
 
     def _association_for(self, link: _Link, context: tuple[str, str]) -> Any:

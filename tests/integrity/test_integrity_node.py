@@ -215,6 +215,13 @@ def test_node_forwards_valid_once_and_quarantines_the_rest(tmp_path: Path, pki: 
         assert "Association Request Failed" not in run.stderr, run.stderr
         assert fwd.wait_idle(60)
         in_archive = archive.sop_instance_uids()
+        target = Archive("ORTHANC", "127.0.0.1", archive.port)  # misconfigured nodes get told why
+        with pytest.raises(ArchiveUnavailable, match="does it expect TLS"):
+            Forwarder(tmp_path / "s2", target).echo()
+        with pytest.raises(ArchiveUnavailable, match="certificate this node does not accept"):
+            Forwarder(tmp_path / "s3", target, tls=TLSConfig(pki.node[0], pki.node[1], pki.rogue[0])).echo()
+        with pytest.raises(ArchiveUnavailable, match="not the association"):  # Orthanc does not trust rogue
+            Forwarder(tmp_path / "s4", target, tls=TLSConfig(pki.rogue_node[0], pki.rogue_node[1], pki.trust)).echo()
     finally:
         scp.stop()
         fwd.stop()
