@@ -158,10 +158,11 @@ def test_tls_mutual_auth_and_refusals(tmp_path: Path, pki: Any, instances: dict[
     assert [(r["tls"], r["action"], r["peer_cert"]) for r in received] == [
         ("TLSv1.3", "stored", "commonName=modality"), ("TLSv1.2", "duplicate", "commonName=modality")]
     refusals = [r["reason"] for r in log if r["event"] == "tls-refused"]
-    assert len(refusals) == 5 and refusals[0].startswith("not a TLS handshake")
+    assert refusals[0].startswith("not a TLS handshake")
     assert refusals[1].startswith("the client certificate is not trusted")
     assert refusals[2] == "the client presented no certificate" and "expired" in refusals[3]
-    assert refusals[4] == "the client offers only TLS versions below 1.2"
+    # (an OpenSSL built without TLS 1.1 cannot even offer it: then the client fails before the node sees it)
+    assert refusals[4:] == (["the client offers only TLS versions below 1.2"] if ssl.HAS_TLSv1_1 else [])
     stored = pydicom.dcmread(tmp_path / "store" / f"{instances['valid'].uid}.dcm")
     assert stored == pydicom.dcmread(instances["valid"].path)  # the data set exactly as signed
 
