@@ -13,7 +13,7 @@ everything (drain). Everything runs on loopback, in a temporary folder, with key
     PYTHONPATH=. python benchmarks/node_burst.py                      # 1000 instances, plain and TLS
     PYTHONPATH=. python benchmarks/node_burst.py -n 100 --no-archive-restart --modes tls
 
-The node runs as its own process: the `medsec serve` command function (medsec.integrity.cli.serve),
+The node runs as its own process: the `medsec serve` command function (medsec.cli.integrity.serve),
 started through typer directly so that a restart does not pay for importing the whole toolkit.
 tests/integrity/test_integrity_node.py runs a reduced burst through `run_burst`.
 """
@@ -50,7 +50,7 @@ from medsec.integrity.tls import TLSConfig
 
 ORTHANC = shutil.which("Orthanc") or ("/usr/sbin/Orthanc" if Path("/usr/sbin/Orthanc").exists() else None)
 NODE_AET, ARCHIVE_AET = "MEDSEC", "ORTHANC"
-SERVE = "import typer; from medsec.integrity.cli import serve; typer.run(serve)"
+SERVE = "import typer; from medsec.cli.integrity import serve; typer.run(serve)"
 
 
 def free_port() -> int:

@@ -112,7 +112,7 @@ def test_tls_config_refuses_bad_identity(tmp_path: Path, pki: Any) -> None:
 
 
 def test_serve_command_reports_bad_tls_input(tmp_path: Path, pki: Any) -> None:
-    from medsec.integrity.cli import serve
+    from medsec.cli.integrity import serve
 
     app = typer.Typer()
     app.command()(serve)
