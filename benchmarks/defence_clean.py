@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from medsec.config import load_config
-from medsec.defences.base import batched, defended_accuracy, module_device
+from medsec.defences.base import defended_accuracy
 from medsec.defences.factory import get_defence
-from medsec.evaluation.metrics import PRIMARY_METRIC, task_metrics
-from medsec.evaluation.victims import get_victim
+from medsec.metrics import PRIMARY_METRIC, task_metrics
+from medsec.models.inference import batched, module_device
+from medsec.models.victims import get_victim
 from medsec.paths import write_text_atomic
 
 ROWS = ("mgm/chest14", "iso/chest14", "ocsvm/chest14", "gmm/rsna", "gmm/oct", "ensemble/ct-slices",

@@ -52,9 +52,10 @@ from torch import nn
 
 from medsec.config import TrainConfig
 from medsec.data.base import MedicalDataset
-from medsec.defences.base import Defence, module_device, register_defence
+from medsec.defences.base import Defence, register_defence
 from medsec.defences.nets import build_network, network_spec
 from medsec.errors import MedsecError
+from medsec.models.inference import module_device
 
 ADVERSARIAL_TRAINING = ("static", "on_the_fly")
 ADV_SOURCES = ("victim", "plain")

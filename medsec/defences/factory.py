@@ -21,7 +21,7 @@ from medsec.defences.ensemble import Ensemble
 from medsec.defences.gmm import GMM
 from medsec.defences.rbf import RBF
 from medsec.errors import MedsecError
-from medsec.evaluation.victims import Victim, get_victim, resolve_device
+from medsec.models.victims import Victim, get_victim, resolve_device
 from medsec.paths import cache_root
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,8 @@ def _build(cfg: ExperimentConfig, name: str, victim: Victim, seed: int) -> Defen
 
 def defence_config(cfg: ExperimentConfig) -> ExperimentConfig:
     """cfg with ``train.epochs`` set to ``reproduce.defence_epochs`` when that is given: the training budget
-    of the networks the defences train (ensemble members, denoisers, RBF networks)."""
+    of the networks the defences and the attacker train (ensemble members, denoisers, RBF networks,
+    surrogates). ``get_defence`` applies it, so ``medsec defend`` and the studies fit the same defence."""
     epochs = cfg.reproduce.defence_epochs
     if epochs is None or epochs == cfg.train.epochs:
         return cfg
