@@ -1,7 +1,9 @@
 """The `medsec` command: a thin layer over the library (see DESIGN.md for the one flow).
 
-Each area registers its own commands from its module (`register(app)`), listed in COMMAND_MODULES,
-so the areas stay independent and this file stays small.
+Each area registers its own commands from its module (`register(app)`). COMMANDS maps every command
+name to the module that registers it, and the top-level group imports only that module when the command
+runs: `medsec verify` loads the integrity commands and never torch or the imaging stack, so it starts
+like a command-line tool. `medsec --help` lists every command (that alone imports every module).
 """
 
 from __future__ import annotations
@@ -9,34 +11,68 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
+from typing import Any
 
 import typer
-from rich.console import Console
+from typer.core import TyperGroup
 
 from medsec.errors import MedsecError
 
+# command name -> module that defines `register(app: typer.Typer) -> None` adding that command.
+# A module registering a command not listed here is an error the tests catch (tests/test_cli_startup.py).
+COMMANDS: dict[str, str] = {
+    "datasets": "medsec.commands",
+    "train": "medsec.commands",
+    "evaluate": "medsec.commands",
+    "reproduce": "medsec.defences.cli",
+    "defend": "medsec.defences.cli",
+    "audit": "medsec.evaluation.audit_cli",
+    "export-dicom": "medsec.data.cli",
+    "attack": "medsec.attacks.cli",
+    "keygen": "medsec.integrity.cli",
+    "sign": "medsec.integrity.cli",
+    "verify": "medsec.integrity.cli",
+    "timestamp": "medsec.integrity.timestamp_cli",
+    "infer": "medsec.integrity.cli",
+    "serve": "medsec.integrity.cli",
+    "transfer": "medsec.evaluation.study_cli",
+    "survey": "medsec.evaluation.study_cli",
+}
+
+
+def module_commands(module: str) -> dict[str, Any]:
+    """The click commands that `module`'s register() adds, by name (imports the module)."""
+    sub = typer.Typer(add_completion=False)
+    sub.callback()(lambda: None)  # always a group, even for a module that registers one command
+    importlib.import_module(module).register(sub)
+    group = typer.main.get_group(sub)
+    return dict(group.commands)
+
+
+class LazyGroup(TyperGroup):
+    """A click group whose commands are imported from their module (COMMANDS) only when needed."""
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            self.commands.update(module_commands(COMMANDS[cmd_name]))
+        return self.commands.get(cmd_name)
+
+
 app = typer.Typer(
     name="medsec",
-    help="Audit the security of medical-imaging AI: victims, defences, adaptive attacks and DICOM signatures.",
+    cls=LazyGroup,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-err_console = Console(stderr=True)
 
-# Modules that define `register(app: typer.Typer) -> None`.
-COMMAND_MODULES: list[str] = [
-    "medsec.commands",
-    "medsec.defences.cli",
-    "medsec.evaluation.audit_cli",
-    "medsec.data.cli",
-    "medsec.attacks.cli",
-    "medsec.integrity.cli",
-    "medsec.evaluation.study_cli",
-]
 
-for _mod in COMMAND_MODULES:
-    importlib.import_module(_mod).register(app)
+@app.callback()
+def _root() -> None:
+    """Audit the security of medical-imaging AI: victims, defences, adaptive attacks and DICOM signatures."""
 
 
 def main() -> None:
@@ -46,5 +82,7 @@ def main() -> None:
     try:
         app()  # standalone mode: sys.exit with the command's code
     except MedsecError as e:
-        err_console.print(f"[bold red]error:[/] {e}")
+        from rich.console import Console
+
+        Console(stderr=True).print(f"[bold red]error:[/] {e}")
         sys.exit(2)

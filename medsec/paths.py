@@ -53,3 +53,9 @@ def write_text_atomic(dest: str | Path, text: str) -> None:
     """Write a text file atomically."""
     with atomic_path(dest) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def write_bytes_atomic(dest: str | Path, data: bytes) -> None:
+    """Write a binary file atomically (the parent folder is created)."""
+    with atomic_path(dest) as tmp:
+        tmp.write_bytes(data)

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from medsec.integrity.errors import IntegrityError
+from medsec.integrity.errors import IntegrityError, UnreadableFileError
 
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
@@ -65,8 +65,9 @@ def keygen(
 
 
 def sign(
-    infile: Annotated[Path, typer.Argument(help="DICOM file to sign.")],
-    outfile: Annotated[Path, typer.Argument(help="Signed copy to write (may equal IN).")],
+    paths: Annotated[list[Path], typer.Argument(
+        help="IN... OUT: the DICOM file(s) or folder(s) to sign, then OUT: the signed copy when IN is one file "
+             "(may equal IN), else a folder the inputs are mirrored into.", metavar="PATHS")],
     key: Annotated[Path, typer.Option(help="Signer private key (PEM or DER).")],
     cert: Annotated[Path, typer.Option(help="Signer certificate (PEM or DER).")],
     profile: Annotated[str, typer.Option(help="none, base, creator or authorization (RSA profiles need RSA).")] = "base",
@@ -76,22 +77,78 @@ def sign(
     item: Annotated[str | None, typer.Option(help="Sign inside a sequence item, e.g. 'ProcedureCodeSequence[0]'.")] = None,
     password: PasswordOpt = None,
 ) -> None:
-    """Add a DICOM digital signature (PS3.15 Annex C, dcmsign-compatible) and write the signed copy."""
+    """Add a DICOM digital signature (PS3.15 Annex C, dcmsign-compatible) and write the signed copy;
+    several files or folders are signed in one call into an output folder (errors reported per file)."""
     from medsec.integrity import rawdicom as rd
+    from medsec.integrity.keys import load_certificate, load_private_key
     from medsec.integrity.signature import required_coverage, sign_file
 
+    if len(paths) < 2:
+        raise typer.BadParameter("give IN... OUT: at least one input and the output", param_hint="IN... OUT")
+    *inputs, out = paths
     split = [t for arg in tags or [] for t in arg.replace(" ", "").split(";") if t] if tags else None
     try:
-        r = sign_file(infile, outfile, key, cert, profile=profile, mac=mac, tags=split, item=item, password=password)
+        pairs = sign_targets(inputs, out)
+        k, c = load_private_key(key, password), load_certificate(cert)
     except IntegrityError as e:
         raise _fail(e) from None
-    console.print(f"signed {infile} -> {r.output}: {r.profile} profile, {r.mac}, {len(r.signed_tags)} elements, "
-                  f"{r.location} data set, signature UID {r.uid}", markup=False)
-    covered = set(required_coverage(rd.read(str(r.output)).dataset)) - set(r.signed_tags)
-    if covered and r.location == "main":
-        err_console.print("note: this signature does not cover "
-                          f"{', '.join(rd.tag_str(t) for t in sorted(covered))}: the gate will not accept it alone",
-                          style="yellow", markup=False)
+    failed: list[int] = []
+    for src, dst in pairs:
+        try:
+            r = sign_file(src, dst, k, c, profile=profile, mac=mac, tags=split, item=item)
+        except IntegrityError as e:
+            if len(pairs) == 1:
+                raise _fail(e) from None
+            what = f"FAILED {e}" if str(src) in str(e) else f"FAILED {src}: {e}"
+            err_console.print(f"{what} (exit {e.exit_code})", style="bold red", markup=False)
+            failed.append(e.exit_code)
+            continue
+        console.print(f"signed {src} -> {r.output}: {r.profile} profile, {r.mac}, {len(r.signed_tags)} elements, "
+                      f"{r.location} data set, signature UID {r.uid}", markup=False)
+        covered = set(required_coverage(rd.read(str(r.output)).dataset)) - set(r.signed_tags)
+        if covered and r.location == "main":
+            err_console.print(f"note: the signature of {src} does not cover "
+                              f"{', '.join(rd.tag_str(t) for t in sorted(covered))}: the gate will not accept "
+                              "it alone", style="yellow", markup=False)
+    if failed:
+        err_console.print(f"{len(failed)} of {len(pairs)} file(s) failed; the others are signed in {out}",
+                          style="bold red", markup=False)
+        raise SystemExit(failed[0])
+
+
+def expand_inputs(paths: list[Path]) -> list[tuple[Path, Path]]:
+    """(file, path relative to its output root) for every input: a file stands for itself (its name),
+    a folder for every file below it (in name order, hidden files skipped)."""
+    out: list[tuple[Path, Path]] = []
+    for p in paths:
+        if p.is_dir():
+            out.extend((f, f.relative_to(p)) for f in sorted(p.rglob("*"))
+                       if f.is_file() and not any(part.startswith(".") for part in f.relative_to(p).parts))
+        else:
+            out.append((p, Path(p.name)))
+    return out
+
+
+def sign_targets(inputs: list[Path], out: Path) -> list[tuple[Path, Path]]:
+    """(input file, output file) pairs for `medsec sign IN... OUT`: one input file and OUT not a folder ->
+    OUT is the signed copy; else OUT is a folder mirroring the inputs. Checked before anything is
+    written: missing inputs, nothing to sign, two inputs with the same output."""
+    missing = [str(p) for p in inputs if not p.exists()]
+    if missing:
+        raise UnreadableFileError(f"no such file or folder: {', '.join(missing)}")
+    if len(inputs) == 1 and inputs[0].is_file() and not out.is_dir():
+        return [(inputs[0], out)]
+    if out.exists() and not out.is_dir():
+        raise IntegrityError(f"{out} is a file: with several inputs or a folder, OUT must be a folder")
+    pairs = [(src, out / rel) for src, rel in expand_inputs(inputs)]
+    if not pairs:
+        raise IntegrityError(f"no file to sign in {', '.join(map(str, inputs))}")
+    seen: dict[Path, Path] = {}
+    for src, dst in pairs:
+        if dst in seen:
+            raise IntegrityError(f"{src} and {seen[dst]} would both be written to {dst}: sign them separately")
+        seen[dst] = src
+    return pairs
 
 
 def verify(
@@ -99,20 +156,22 @@ def verify(
     trust: Annotated[Path, typer.Option(help="Trusted certificate file or folder of certificates.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document instead of text.")] = False,
     audit_log: Annotated[Path | None, typer.Option(help="Append one JSON line per file to this log.")] = None,
+    require_timestamp: Annotated[bool, typer.Option("--require-timestamp", help="Refuse (exit 17) a file whose "
+                                 "accepted signature carries no valid certified timestamp.")] = False,
+    tsa_trust: Annotated[Path | None, typer.Option("--tsa-trust", help="Trusted timestamp authorities (certificate "
+                         "file or folder) for certified timestamps; default: --trust.")] = None,
 ) -> None:
     """Verify signatures; exit 0 only if every file has a valid trusted signature covering Pixel Data
     and the SOP/Study/Series Instance UIDs (exit codes: see docs/integrity.md)."""
     from medsec.integrity import rawdicom as rd
     from medsec.integrity.gate import Gate
 
-    expanded: list[Path] = []
-    for f in files:  # a folder stands for every file below it, in name order
-        expanded.extend(sorted(p for p in f.rglob("*") if p.is_file()) if f.is_dir() else [f])
+    expanded = [f for f, _ in expand_inputs(files)]  # a folder stands for every file below it
     if not expanded:
         err_console.print(f"error: no file to verify in {', '.join(map(str, files))}", style="bold red", markup=False)
         raise SystemExit(EXIT_UNREADABLE_EMPTY)
     try:
-        gate = Gate(trust, audit_log)
+        gate = Gate(trust, audit_log, require_timestamp=require_timestamp, tsa_trust=tsa_trust)
         verdicts = [gate(f) for f in expanded]
     except IntegrityError as e:
         raise _fail(e) from None
@@ -129,6 +188,9 @@ def verify(
                               f"      signer {s.signer} | {s.key_algorithm} {s.mac} | time {s.datetime}\n"
                               f"      covers {tags}{more}; pixels+UIDs covered: {s.covers_pixels_and_uids}",
                               markup=False)
+                if s.timestamp is not None:
+                    console.print(f"      certified timestamp: {'valid' if s.timestamp['valid'] else 'INVALID'}: "
+                                  f"{s.timestamp['reason']}", markup=False)
     failing = [v for v in verdicts if not v.ok]
     if failing:
         raise SystemExit(failing[0].exit_code)

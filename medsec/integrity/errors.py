@@ -45,3 +45,10 @@ class KeyFileError(IntegrityError):
     """A key or certificate file that cannot be read or parsed."""
 
     exit_code = 24
+
+
+class TimestampError(IntegrityError):
+    """A timestamp request, response or token that cannot be used: unreadable, not granted, or answering
+    another request or another signature (`medsec timestamp request/insert`)."""
+
+    exit_code = 25
