@@ -7,8 +7,9 @@ How it measures (CPU seconds of this process, so other load on the machine does 
 seconds are printed beside them; run with OMP_NUM_THREADS=1 for one core's cost):
 1. the row's victim network at 224 px: one training step (forward + backward + Adam) on a batch of
    ``--batch`` images, and one forward pass without gradients, per image (after a warm-up batch);
-2. the row itself (``compute_row`` of ``medsec reproduce``) on ``--images`` test images at two adaptive step
-   budgets, its victim and defence trained once on the full-smoke sizes and cached before both runs. The
+2. the row's cells (victim, fitted defence, row: ``levy_cells`` of ``medsec reproduce``, run by the grid
+   runner) on ``--images`` test images at two adaptive step budgets, the victim and defence trained once on
+   the full-smoke sizes and loaded from the cache in both timed runs. The
    difference between the two runs, per image and per step, is what every further step of the table's
    step-budgeted attacks (the adaptive recipe with the profile's restarts, and the APGD floor) costs;
 3. the extrapolation to the full profile: victim training <= n_train x epochs x (step cost per image) +
@@ -31,11 +32,14 @@ from typing import Any
 
 import torch
 
-from medsec.config import load_config
-from medsec.evaluation.reproduce import ROWS, compute_row, curve_steps
-from medsec.evaluation.victims import experiment_dataset, resolve_device, victim_config
+from medsec.config import ExperimentConfig, load_config
+from medsec.models.inference import resolve_device
 from medsec.models.networks import build_model
 from medsec.models.training import task_loss
+from medsec.models.victims import experiment_dataset, victim_config
+from medsec.studies.common import StudyOutput
+from medsec.studies.grid import run_grid
+from medsec.studies.levy import ROWS, curve_steps, levy_cells
 
 
 def _clock() -> tuple[float, float]:
@@ -107,17 +111,23 @@ def row_cost(row_id: str, images: int, steps: tuple[int, int], batch: int, devic
                                       "reproduce": {"rows": [row_id], "n_test": images}})
     device = resolve_device(device_name)
     net = network_costs(base, row.dataset, batch, device)
-    fig = out / "figures"
-    fig.mkdir(parents=True, exist_ok=True)
-    runs = []
+
+    def cfg_for(steps_: int) -> ExperimentConfig:
+        return base.model_copy(update={"reproduce": base.reproduce.model_copy(update={"steps": steps_})})
+
+    def run(steps_: int, folder: Path) -> dict[str, Any]:
+        cfg = cfg_for(steps_)
+        o = StudyOutput.at(folder)
+        cells, keys = levy_cells(cfg, o)
+        return run_grid(cells, o.store, title=f"{row_id}, {steps_} steps")[keys[row_id]]
+
     t = _clock()
-    first = compute_row(base.model_copy(update={"reproduce": base.reproduce.model_copy(update={"steps": steps[0]})}),
-                        row, fig)
-    setup_c, setup_w = _since(t)  # victim + defence fit at smoke sizes + the first run
+    first = run(steps[0], out / "setup")  # trains the victim and fits the defence (cached for the timed runs)
+    setup_c, setup_w = _since(t)
+    runs = []
     for s in steps:
-        cfg = base.model_copy(update={"reproduce": base.reproduce.model_copy(update={"steps": s})})
         t = _clock()
-        r = compute_row(cfg, row, fig)
+        r = run(s, out / f"steps{s}")
         c, w = _since(t)
         assert r["defence_from_cache"], "the defence should come from the cache on the timed runs"
         runs.append({"steps": s, "cpu_s": round(c, 2), "wall_s": round(w, 2),

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from medsec.cli import app
 from medsec.config import load_config
-from medsec.evaluation.reproduce import COLUMNS, ROW_IDS
+from medsec.studies.levy import COLUMNS, ROW_IDS
 
 pytestmark = pytest.mark.timeout(2400)  # minutes on CI's 2 cores; far more on a loaded machine
 

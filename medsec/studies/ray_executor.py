@@ -277,7 +277,13 @@ class RayExecutor:
         """Results by cell key; GridError (after every other cell finished) when cells fail."""
         ray = self.ray
         self._connect()
-        self._check_folders([str(store.folder), *self.shared_folders])
+        folder = str(Path(store.folder).resolve())  # the workers' working folder is not the driver's
+        for f in self.shared_folders:
+            try:
+                Path(f).mkdir(parents=True, exist_ok=True)  # a first run: the cache does not exist yet
+            except OSError as e:
+                raise MedsecError(f"cannot create the shared folder {f}: {e}") from None
+        self._check_folders([folder, *self.shared_folders])
         gpus = self.gpus_per_cell
         if gpus is None:
             gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
@@ -303,7 +309,7 @@ class RayExecutor:
             deps = [refs[k] for k in c.after if k in refs]  # finished cells need no ref
             ref = task.options(num_cpus=self.cpus_per_cell, num_gpus=gpus, max_retries=self.max_retries,
                                retry_exceptions=False, name=f"medsec:{c.key}").remote(
-                c.key, c.fn, {k: by_ref(v) for k, v in c.kwargs.items()}, str(store.folder),
+                c.key, c.fn, {k: by_ref(v) for k, v in c.kwargs.items()}, folder,
                 self.stale_lock_seconds, self.poll_seconds, *deps)
             refs[c.key] = ref
             pending[ref] = c.key

@@ -157,6 +157,66 @@ def test_without_ray_the_error_says_what_to_install(monkeypatch):
         require_ray()
 
 
+# the fields of a cell that measure the run rather than compute its result: where and how long it ran
+_RUN_FIELDS = {"seconds", "train_seconds", "adaptive_seconds", "defence_fit_seconds", "from_cache",
+               "defence_from_cache", "checkpoint", "path", "victim_checkpoint"}
+
+
+def _numbers(cell: dict) -> dict:
+    return {k: v for k, v in cell.items() if k not in _RUN_FIELDS}
+
+
+def _tiny_levy(tmp_path, name: str) -> Path:
+    cfg = tmp_path / f"{name}.yaml"
+    cfg.write_text(f"""
+profile: tiny
+cache_dir: {tmp_path / name / 'cache'}
+data: {{image_size: 16, n_train: 48, n_val: 16, n_test: 16}}
+train: {{epochs: 1, batch_size: 16, patience: 1, augment: false}}
+model: {{width: 0.125, depth: 0.25}}
+victims: {{chest14: {{arch: resnet20}}, brain-mri: {{arch: unet}}}}
+reproduce: {{n_test: 4, steps: 2, restarts: 1, original_steps: 2, curve_multipliers: [2.0], n_curve: 2,
+             n_samples: 2, rows: [mgm-chest14, rbf-brain-mri]}}
+""")
+    return cfg
+
+
+def test_reproduce_on_ray_writes_the_same_cells_as_local(local_ray, tmp_path):
+    """`medsec reproduce --executor ray` on a small grid (victims, defences, two rows) gives the local cells."""
+    from typer.testing import CliRunner
+
+    from medsec.cli import app
+
+    runner = CliRunner()
+    outs = {}
+    for name, extra in (("local", []), ("ray", ["--executor", "ray"])):
+        outs[name] = tmp_path / name / "out"
+        r = runner.invoke(app, ["reproduce", "--profile", str(_tiny_levy(tmp_path, name)), "--out",
+                                str(outs[name]), "--device", "cpu", *extra])
+        assert r.exit_code == 0, r.output
+    local, remote = _files(outs["local"] / "cells"), _files(outs["ray"] / "cells")
+    assert local.keys() == remote.keys() and len(local) == 6  # 2 victims, 2 defences, 2 rows
+    for name in local:
+        assert _numbers(remote[name]) == _numbers(local[name]), name
+    assert json.loads((outs["ray"] / "results.json").read_text())[0]["id"] == "mgm-chest14"
+    assert not list((outs["ray"] / "cells").glob("*.lock"))
+
+
+def test_cli_unknown_executor_and_unreachable_address(tmp_path):
+    from typer.testing import CliRunner
+
+    from medsec.cli import app
+
+    runner = CliRunner()
+    cfg = _tiny_levy(tmp_path, "bad")
+    r = runner.invoke(app, ["reproduce", "--profile", str(cfg), "--out", str(tmp_path / "o"), "--executor", "dask"])
+    assert r.exit_code != 0 and "unknown --executor 'dask'" in str(r.exception)
+    r = runner.invoke(app, ["transfer", "--profile", str(cfg), "--out", str(tmp_path / "o"), "--executor", "ray",
+                            "--address", "127.0.0.1:1"])
+    assert r.exit_code != 0 and "no Ray cluster can be reached" in str(r.exception)
+    assert not (tmp_path / "o" / "cells").exists() or not list((tmp_path / "o" / "cells").iterdir())
+
+
 def _progress():
     from medsec.studies.grid import GridProgress
 
