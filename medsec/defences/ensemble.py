@@ -91,7 +91,7 @@ def craft_adversarial_training_set(crafter: nn.Module, x: torch.Tensor, y: torch
                                    batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
     """Paul et al.'s augmented training set: the originals followed by one FGSM copy of each (eps in [0, 1]
     pixel units, crafted against `crafter` in eval mode with the true labels), labels repeated."""
-    from medsec.attacks import FGSM
+    from medsec.attacks.engine import FGSM  # the attack engine, for adversarial training
 
     dev = module_device(crafter)
     x_adv = torch.cat([FGSM(eps=eps, train_mode="eval", seed=None)(crafter, x[i:i + batch_size].to(dev),
