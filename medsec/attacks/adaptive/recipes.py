@@ -6,9 +6,11 @@ judges success on the defended system (accepted by the detector and misclassifie
 are never touched. :func:`recipe_for` picks the recipe from the exposed parts, not from class names.
 
 - :class:`MGMRecipe` (4.1): classification loss, then (once fooled) + lambda * ||f(x) - mu||^2 (eq. 2), APGD +
-  PGD, best kept.
+  PGD, and orthogonal PGD (Bryniarski et al. 2022) on the detector's own score; best kept, the detector's
+  score breaking ties, so images the classifier still gets right leave less suspicious too (Table 2).
 - :class:`GMMRecipe` (4.2): two stages — leave the true class for the nearest fooling class, then make the
-  classifier and that class's Gaussian accept the sample (L2 stand-in to the class mean).
+  classifier and that class's Gaussian accept the sample (L2 stand-in to the class mean; orthogonal PGD on
+  that class's score).
 - :class:`EnsembleRecipe` (4.3): eq. 3, eps * mean_i sign(grad L_i), then iterated with restarts.
 - :class:`DenoiserRecipe` (4.4): limited knowledge: surrogate ensemble of the defence's architecture,
   eq. 3 iterated, the most effective samples kept, evaluated on the victim.
@@ -24,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from medsec.attacks.adaptive.orthogonal import OrthogonalPGD, evasion_quality
 from medsec.attacks.adaptive.strategies import (
     BestOf,
     SurrogateTransfer,
@@ -96,10 +99,11 @@ def _need(ex: dict[str, Any], key: str, defence: Any, recipe: str) -> Any:
     return ex[key]
 
 
-def _finish(res: AttackResult, defence: nn.Module, y: Tensor, task: str, finding: Tensor | None = None) -> AttackResult:
+def _finish(res: AttackResult, defence: nn.Module, y: Tensor, task: str, finding: Tensor | None = None,
+            judge: Callable[..., Tensor] = quality) -> AttackResult:
     q = res.info.get("quality")  # BestOf already judged its pick with this very objective
     if q is None:
-        q = quality(defence, res.x_adv, y, task, finding)
+        q = judge(defence, res.x_adv, y, task, finding)
     info = dict(res.info)
     info["quality"] = q
     return AttackResult(res.x_adv, q < 1.0, info)
@@ -114,16 +118,28 @@ class MGMRecipe(Recipe):
     of the steps. Optimised by APGD and by PGD with restarts; the best
     sample per image (accepted and wrong first) is kept. With exact=True a third attack adds the detector's own
     score instead of the stand-in (strategy 1 unsimplified), in case the stand-in misses low-variance
-    directions of Sigma. For multi-label victims the top clean finding is attacked (Li & Zhu)."""
+    directions of Sigma. With orthogonal=True (default) orthogonal PGD (Bryniarski et al. 2022,
+    :class:`~medsec.attacks.adaptive.orthogonal.OrthogonalPGD`) joins them, on the detector's exact score
+    (detector_loss="score") or on the L2 stand-in ("l2"), and the best sample per image is picked by
+    :func:`~medsec.attacks.adaptive.orthogonal.evasion_quality` (handled or not first, then the lower detector
+    score), so that images the classifier still gets right leave with a lower score too; orthogonal=False is
+    the recipe as it was before (no orthogonal PGD, ties broken by the classifier's margin).
+    For multi-label victims the top clean finding is attacked (Li & Zhu)."""
 
     name = "mgm-adaptive"
-    strategies = ("expand loss", "simplify loss (L2 to the mean)", "incremental (APGD)", "restarts")
+    strategies: tuple[str, ...] = ("expand loss", "simplify loss (L2 to the mean)", "incremental (APGD)", "restarts",
+                  "orthogonal PGD (Bryniarski et al. 2022)")
 
     def __init__(self, eps: float, steps: int = 100, restarts: int = 2, lam: float = 1.0, lam_start: float = 0.1,
-                 kappa: float = 2.0, exact: bool = True, seed: int | None = 0) -> None:
+                 kappa: float = 2.0, exact: bool = True, orthogonal: bool = True, detector_loss: str = "score",
+                 seed: int | None = 0) -> None:
         super().__init__(eps, steps, restarts, seed)
         self.lam, self.lam_start, self.kappa = float(lam), float(lam_start), float(kappa)
         self.exact = bool(exact)
+        self.orthogonal = bool(orthogonal)
+        self.detector_loss = _check_detector_loss(detector_loss)
+        if not self.orthogonal:
+            self.strategies = self.strategies[:-1]
 
     def _run(self, defence: nn.Module, x: Tensor, y: Tensor) -> AttackResult:
         ex = exposed(defence)
@@ -140,14 +156,42 @@ class MGMRecipe(Recipe):
             ("pgd-margin+l2mean", PGD(eps=self.eps, steps=self.steps, restarts=self.restarts,
                                      alpha=2.5 * self.eps / self.steps, loss=loss, **kw)),
         ]
-        if self.exact and callable(getattr(defence, "score", None)):
+        has_score = callable(getattr(defence, "score", None))
+        spread = _score_scale(defence, x) if has_score and (self.exact or self.orthogonal) else 1.0
+        if self.exact and has_score:
             # strategy 1 without the simplification: the detector's own score, scaled by its clean spread
-            exact: Loss = Selective(Margin(self.kappa), detector_term(defence, _score_scale(defence, x)), sched)
+            exact: Loss = Selective(Margin(self.kappa), detector_term(defence, spread), sched)
             attacks.append(("apgd-margin+score", APGD(eps=self.eps, steps=self.steps, restarts=self.restarts,
                                                       loss=exact, success=succ, seed=self.seed)))
+        if self.orthogonal and has_score:
+            stand_in = feature_distance_term(mean, scale) if self.detector_loss == "l2" else None
+            attacks.append(_orthogonal(defence, spread, stand_in, self, kw))
         finding = _top_finding(defence, x) if task == "multilabel" else None
-        res = BestOf(attacks, objective=lambda xa, yy: quality(defence, xa, y, task, finding)).run(defence, x, y)
-        return _finish(res, defence, y, task, finding)
+        judge = evasion_quality if self.orthogonal and has_score else quality
+        res = BestOf(attacks, objective=lambda xa, yy: judge(defence, xa, y, task, finding)).run(defence, x, y)
+        return _finish(res, defence, y, task, finding, judge)
+
+
+DETECTOR_LOSSES = ("score", "l2")
+
+
+def _check_detector_loss(name: str) -> str:
+    if name not in DETECTOR_LOSSES:
+        raise MedsecError(f"detector_loss must be 'score' (the detector's own score) or 'l2' (Levy et al.'s "
+                          f"feature-distance stand-in), got {name!r}")
+    return name
+
+
+def _orthogonal(defence: Any, spread: float, stand_in: Loss | None, recipe: Recipe, kw: dict[str, Any]
+                ) -> tuple[str, Attack]:
+    """The orthogonal-PGD candidate of a detector recipe: on the detector's exact score (in units of its clean
+    spread) or on an L2 stand-in (then the kept iterate is still picked by the detector's own score)."""
+    if stand_in is None:
+        det, label, score = detector_term(defence, spread), "score", None
+    else:
+        det, label, score = stand_in, "l2", defence.score
+    return (f"orthogonal-pgd+{label}", OrthogonalPGD(det, eps=recipe.eps, steps=recipe.steps,
+                                                     restarts=recipe.restarts, score=score, **kw))
 
 
 def _score_scale(defence: Any, x: Tensor) -> float:
@@ -169,19 +213,27 @@ class GMMRecipe(Recipe):
     image (the highest non-true logit at the stage-1 point). Stage 2 is a targeted attack towards t whose loss
     is the targeted margin (capped at kappa) plus, once t is predicted (``Selective``), lambda(t) *
     (-||f(x) - mu_t||^2 / tr(Sigma_t)), the L2 stand-in for class t's Gaussian, with APGD and PGD + restarts; with exact=True a third attack uses the
-    exposed ``class_score(x, t)`` (the detector's own score for class t) instead of the stand-in. The best
-    sample per image is kept."""
+    exposed ``class_score(x, t)`` (the detector's own score for class t) instead of the stand-in. With
+    orthogonal=True (default) stage 2 also runs targeted orthogonal PGD (Bryniarski et al. 2022) on class t's
+    score (detector_loss="score") or on the L2 stand-in ("l2"), and the best sample per image is picked with
+    the detector's score breaking ties (:func:`~medsec.attacks.adaptive.orthogonal.evasion_quality`);
+    orthogonal=False is the recipe as it was before."""
 
     name = "gmm-adaptive"
-    strategies = ("two-stage targeting", "expand loss", "simplify loss (L2 to the class mean)",
-                  "incremental (APGD)", "restarts")
+    strategies: tuple[str, ...] = ("two-stage targeting", "expand loss", "simplify loss (L2 to the class mean)",
+                  "incremental (APGD)", "restarts", "orthogonal PGD (Bryniarski et al. 2022)")
 
     def __init__(self, eps: float, steps: int = 100, restarts: int = 2, stage1_steps: int = 20, lam: float = 1.0,
-                 lam_start: float = 0.1, kappa: float = 2.0, exact: bool = True, seed: int | None = 0) -> None:
+                 lam_start: float = 0.1, kappa: float = 2.0, exact: bool = True, orthogonal: bool = True,
+                 detector_loss: str = "score", seed: int | None = 0) -> None:
         super().__init__(eps, steps, restarts, seed)
         self.stage1_steps = check_positive_int(stage1_steps, "stage1_steps")
         self.lam, self.lam_start, self.kappa = float(lam), float(lam_start), float(kappa)
         self.exact = bool(exact)
+        self.orthogonal = bool(orthogonal)
+        self.detector_loss = _check_detector_loss(detector_loss)
+        if not self.orthogonal:
+            self.strategies = self.strategies[:-1]
 
     def _run(self, defence: nn.Module, x: Tensor, y: Tensor) -> AttackResult:
         ex = exposed(defence)
@@ -208,20 +260,31 @@ class GMMRecipe(Recipe):
                                             alpha=2.5 * self.eps / self.steps, **kw)),
         ]
         class_score = ex.get("class_score")
+        spread = _score_scale(defence, x) if callable(class_score) and (self.exact or self.orthogonal) else 1.0
+
+        def exact_fn(out: Tensor, feats: Tensor | None, xa: Tensor, t: Tensor) -> Tensor:
+            assert callable(class_score)
+            return -class_score(xa, t).reshape(-1).float() / spread
+
         if self.exact and callable(class_score):
             # strategy 1 unsimplified: the detector's own score for the target class, in units of its clean spread
-            spread = _score_scale(defence, x)
-
-            def exact_fn(out: Tensor, feats: Tensor | None, xa: Tensor, t: Tensor) -> Tensor:
-                return -class_score(xa, t).reshape(-1).float() / spread
-
             exact: Loss = Selective(Margin(self.kappa), ExtraTerm(exact_fn, needs_features=False, name="class-score"),
                                     ramp(self.lam_start, self.lam))
             attacks.append(("apgd-targeted+class-score", APGD(
                 eps=self.eps, steps=self.steps, restarts=self.restarts, loss=exact, targeted=True,
                 success=accepted_by(defence), seed=self.seed)))
-        res = BestOf(attacks, objective=lambda xa, _t: quality(defence, xa, y, "classification")).run(defence, x, target)
-        out = _finish(res, defence, y, "classification")
+        judge: Callable[..., Tensor] = quality
+        if self.orthogonal and callable(class_score):
+            # orthogonal PGD towards t: the target's margin, then class t's score (or its L2 stand-in)
+            det: Loss = (class_mean_term(means, scales) if self.detector_loss == "l2"
+                         else ExtraTerm(exact_fn, needs_features=False, name="class-score"))
+            score: Callable[[Tensor], Tensor] | None = ex.get("score") if self.detector_loss == "l2" else None
+            attacks.append((f"orthogonal-pgd-targeted+{self.detector_loss}", OrthogonalPGD(
+                det, eps=self.eps, steps=self.steps, restarts=self.restarts, score=score, grad_model=clf,
+                targeted=True, success=accepted_by(defence), seed=self.seed)))
+            judge = evasion_quality
+        res = BestOf(attacks, objective=lambda xa, _t: judge(defence, xa, y, "classification")).run(defence, x, target)
+        out = _finish(res, defence, y, "classification", judge=judge)
         out.info["target"] = target
         return out
 
@@ -305,27 +368,40 @@ class RBFRecipe(Recipe):
 
 class DetectorRecipe(Recipe):
     """Generic expanded-loss attack on any detector with a differentiable score: margin (capped), plus once
-    misclassified lambda(t) * (-score(x) / scale), scale = the spread of the clean scores; APGD and PGD with restarts, best kept."""
+    misclassified lambda(t) * (-score(x) / scale), scale = the spread of the clean scores; APGD and PGD with
+    restarts; with orthogonal=True (default) also orthogonal PGD (Bryniarski et al. 2022) on the score, the best
+    sample per image picked with the detector's score breaking ties (orthogonal=False: the recipe as before).
+    For multi-label victims the top clean finding is attacked."""
 
     name = "detector-adaptive"
-    strategies = ("expand loss (detector score)", "incremental (APGD)", "restarts")
+    strategies: tuple[str, ...] = ("expand loss (detector score)", "incremental (APGD)", "restarts",
+                  "orthogonal PGD (Bryniarski et al. 2022)")
 
     def __init__(self, eps: float, steps: int = 100, restarts: int = 2, lam: float = 1.0, kappa: float = 2.0,
-                 seed: int | None = 0) -> None:
+                 orthogonal: bool = True, seed: int | None = 0) -> None:
         super().__init__(eps, steps, restarts, seed)
         self.lam, self.kappa = float(lam), float(kappa)
+        self.orthogonal = bool(orthogonal)
+        if not self.orthogonal:
+            self.strategies = self.strategies[:-1]
 
     def _run(self, defence: nn.Module, x: Tensor, y: Tensor) -> AttackResult:
         task = task_of(defence, x, y)
-        loss: Loss = Selective(Margin(self.kappa), detector_term(defence, _score_scale(defence, x)), ramp(0.1 * self.lam, self.lam))
+        spread = _score_scale(defence, x)
+        loss: Loss = Selective(Margin(self.kappa), detector_term(defence, spread), ramp(0.1 * self.lam, self.lam))
         succ = accepted_by(defence) if is_detector(defence) else None
         kw: dict[str, Any] = {"loss": loss, "success": succ, "seed": self.seed}
         attacks: list[tuple[str, Attack]] = [
             ("apgd-margin+score", APGD(eps=self.eps, steps=self.steps, restarts=self.restarts, **kw)),
             ("pgd-margin+score", PGD(eps=self.eps, steps=self.steps, restarts=self.restarts, **kw)),
         ]
-        res = BestOf(attacks, task=task).run(defence, x, y)
-        return _finish(res, defence, y, task)
+        if not self.orthogonal:
+            res = BestOf(attacks, task=task).run(defence, x, y)
+            return _finish(res, defence, y, task)
+        attacks.append(_orthogonal(defence, spread, None, self, {"success": succ, "seed": self.seed}))
+        finding = _top_finding(defence, x) if task == "multilabel" else None
+        res = BestOf(attacks, objective=lambda xa, _y: evasion_quality(defence, xa, y, task, finding)).run(defence, x, y)
+        return _finish(res, defence, y, task, finding, evasion_quality)
 
 
 def recipe_for(defence: nn.Module, eps: float, **options: Any) -> Recipe:
