@@ -201,8 +201,10 @@ def compute_row(cfg: ExperimentConfig, row: Row, fig_dir: Path) -> dict[str, Any
 
     opts: dict[str, Any] = {"steps": rc.steps, "restarts": rc.restarts, "seed": cfg.seed}
     if row.defence == "denoiser":
+        # every model the attacker owns: its denoiser copies and the plain surrogate of the original attack
         opts["surrogates"] = [get_defence(dcfg, "denoiser", row.dataset, seed=cfg.seed + 100 + i,
                                           victim=victim).defence.classifier for i in range(rc.surrogates)]
+        opts["surrogates"] += [surrogate] if surrogate is not None else []
     recipe = recipe_for(defence, row.eps, **opts)
     t_adapt = time.perf_counter()
     x_adapt = recipe(defence, x, y)

@@ -20,10 +20,13 @@ Choices where the paper and its reference code (v-wangg/OrthogonalPGD, attack.py
   a wrong class leads the true one by this margin (targeted: the target leads by it; multi-label: the
   attacked finding's signed logit is past 0 by it), so a step on the detector loss does not immediately
   cross back; the kept iterate is judged without the margin;
-- ``evade_unfooled`` (0.25): in the last quarter of the steps an image not yet misclassified also steps on
-  the detector loss (classifier component removed), so that images the classifier still gets right leave with
-  a lower detector score instead of one that merely drifted. 0 gives the reference's algorithm;
-- the first run starts at the clean image (the reference's), later restarts at a random point of the ball;
+- ``evade_unfooled`` (0.25): in the last quarter of the steps an image never misclassified so far goes back to
+  its least suspicious iterate and steps on the detector loss (classifier component removed), so that images
+  the classifier still gets right leave with a lower detector score instead of one that merely drifted. 0 gives
+  the reference's algorithm;
+- the first run starts at the clean image (the reference's) or at ``run(..., start=)`` (a warm start, e.g. the
+  best sample other attacks found: a misclassified start goes straight to lowering the detector's score),
+  later restarts at a random point of the ball;
 - ``alpha`` defaults to eps / 8, the reference's ratio (1/255 at eps 8/255).
 The detector's threshold is never read or changed here: success reported by ``run`` is the attack's goal
 plus any ``success=`` condition (e.g. ``accepted_by(defence)``), measured on the model given at call time.
@@ -36,7 +39,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from medsec.attacks.adaptive.strategies import quality
 from medsec.attacks.core import (
@@ -49,6 +52,7 @@ from medsec.attacks.core import (
     check_positive_int,
     random_start,
 )
+from medsec.attacks.engine import StepSchedule, _schedule
 from medsec.attacks.losses import Loss
 from medsec.errors import MedsecError
 
@@ -100,7 +104,8 @@ class OrthogonalPGD(Attack):
 
     def __init__(self, detector: Loss, eps: float = 8 / 255, alpha: float | None = None, steps: int = 100,
                  restarts: int = 1, projection: str = "orthogonal", margin: float = 0.05,
-                 evade_unfooled: float = 0.25, score: ScoreFn | None = None, **kw: Any) -> None:
+                 evade_unfooled: float = 0.25, score: ScoreFn | None = None,
+                 step_schedule: str | StepSchedule = "constant", **kw: Any) -> None:
         if "extra" in kw:
             raise MedsecError("OrthogonalPGD keeps the classifier loss and the detector loss apart: pass the "
                               "detector's term as detector=, not extra=")
@@ -126,19 +131,43 @@ class OrthogonalPGD(Attack):
         if score is not None and not callable(score):
             raise MedsecError(f"score must be a callable images -> (N,) suspicion, got {type(score).__name__}")
         self.score = score
+        self.schedule = _schedule(step_schedule)
+
+    _start: Tensor | None = None
+    _offset: int = 0
+
+    def run(self, model: nn.Module, x: Tensor, y: Tensor, verify: bool = True, start: Tensor | None = None
+            ) -> AttackResult:
+        """As :meth:`Attack.run`; ``start`` (x's shape): where the first run begins instead of x (projected
+        onto x's eps ball and [0, 1]), e.g. the best sample of other attacks, which is also a kept candidate."""
+        if start is not None:
+            if not isinstance(start, Tensor) or start.shape != getattr(x, "shape", None):
+                raise MedsecError(f"start must be a tensor of x's shape {tuple(getattr(x, 'shape', ()))}, got "
+                                  f"{tuple(start.shape) if isinstance(start, Tensor) else type(start).__name__}")
+            start = start.detach()
+        self._start, self._offset = start, 0
+        try:
+            return super().run(model, x, y, verify)
+        finally:
+            self._start = None
 
     # ------------------------------------------------------------------------------------------------------
     def _attack(self, ctx: AttackContext) -> AttackResult:
         assert self.eps is not None
         if len(ctx.grad_models) != 1:
             raise MedsecError(f"{type(self).__name__} takes one gradient model, got {len(ctx.grad_models)}")
-        x = ctx.x
+        x, n = ctx.x, ctx.x.shape[0]
+        start = None
+        if self._start is not None:  # Attack.run hands over the chunks in order
+            start = self._start[self._offset:self._offset + n].to(device=x.device, dtype=x.dtype)
+            start = torch.clamp(start, (x - self.eps).clamp(min=0.0), (x + self.eps).clamp(max=1.0))
+            self._offset += n
         if self.eps == 0:
             return AttackResult(x.clone(), ctx.clean_success.clone())
         # the tracker's "success" here is the plain task goal: the detector is judged by the lowest score kept
         tracker = Tracker(x)
         for r in range(self.restarts):
-            self._run_once(ctx, tracker, random=r > 0)
+            self._run_once(ctx, tracker, random=r > 0, start=start if r == 0 else None)
         res = tracker.result({"suspicion": -tracker.loss})
         # the kept points' success under the full goal (accepted by the detector too) is measured by _finish
         res.checked = torch.zeros_like(res.success)
@@ -166,13 +195,20 @@ class OrthogonalPGD(Attack):
             plain = Goal(ctx.goal.task, ctx.goal.targeted, ctx.goal.finding_mask, ctx.goal.dice_threshold)
             tracker.update(x_adv, -susp, plain.success(out.detach(), x_adv, ctx.y))
 
-    def _run_once(self, ctx: AttackContext, tracker: Tracker, random: bool) -> None:
+    def _run_once(self, ctx: AttackContext, tracker: Tracker, random: bool, start: Tensor | None = None) -> None:
         assert self.eps is not None and self.alpha is not None
         x, eps = ctx.x, self.eps
-        x_adv = random_start(x, eps, "linf", ctx.gen) if random else x.clone()
+        if start is not None:
+            x_adv = start.clone()
+        else:
+            x_adv = random_start(x, eps, "linf", ctx.gen) if random else x.clone()
         lo, hi = (x - eps).clamp(min=0.0), (x + eps).clamp(max=1.0)
         evade_from = self.steps - int(round(self.evade_unfooled * self.steps))
         for t in range(self.steps):
+            if t == evade_from and t > 0:
+                # images never misclassified so far go back to their least suspicious point and descend from there
+                never = ~tracker.success
+                x_adv = torch.where(never.view(-1, *([1] * (x.ndim - 1))), tracker.x_best.to(x_adv.dtype), x_adv)
             lc, ld, out, xa = self._losses(ctx, x_adv, t, grad=True)
             self._offer(ctx, tracker, x_adv, out, ld)
             # phase per image: on the detector once misclassified (or, late in the budget, when it never was)
@@ -186,7 +222,7 @@ class OrthogonalPGD(Attack):
                 (gc,) = torch.autograd.grad(lc.sum(), xa, retain_graph=True)
                 (gd,) = torch.autograd.grad(ld.sum(), xa)
                 g = m * remove_component(gd, gc) + (1 - m) * remove_component(gc, gd)
-            x_adv = torch.clamp(x_adv.detach() + self.alpha * g.sign(), lo, hi)
+            x_adv = torch.clamp(x_adv.detach() + self.alpha * self.schedule(t, self.steps) * g.sign(), lo, hi)
         _, ld, out, _ = self._losses(ctx, x_adv, self.steps, grad=False)
         self._offer(ctx, tracker, x_adv, out, ld)
 

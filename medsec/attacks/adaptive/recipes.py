@@ -13,7 +13,8 @@ are never touched. :func:`recipe_for` picks the recipe from the exposed parts, n
   that class's score).
 - :class:`EnsembleRecipe` (4.3): eq. 3, eps * mean_i sign(grad L_i), then iterated with restarts.
 - :class:`DenoiserRecipe` (4.4): limited knowledge: surrogate ensemble of the defence's architecture,
-  eq. 3 iterated, the most effective samples kept, evaluated on the victim.
+  eq. 3 iterated, and momentum + input diversity (+ translation invariance), the most effective samples (on
+  the surrogates) kept, evaluated on the victim.
 - :class:`RBFRecipe` (4.5): patience and diversity: many small steps, several attacks, best per sample.
 """
 
@@ -46,6 +47,7 @@ from medsec.attacks.apgd import APGD
 from medsec.attacks.core import Attack, AttackResult, check_eps, check_images, check_positive_int
 from medsec.attacks.engine import PGD
 from medsec.attacks.losses import ExtraTerm, Loss, Margin, Selective
+from medsec.attacks.transfer import LogitEnsemble, ti_kernel_size, transfer_attack
 from medsec.errors import MedsecError
 
 
@@ -163,12 +165,13 @@ class MGMRecipe(Recipe):
             exact: Loss = Selective(Margin(self.kappa), detector_term(defence, spread), sched)
             attacks.append(("apgd-margin+score", APGD(eps=self.eps, steps=self.steps, restarts=self.restarts,
                                                       loss=exact, success=succ, seed=self.seed)))
-        if self.orthogonal and has_score:
-            stand_in = feature_distance_term(mean, scale) if self.detector_loss == "l2" else None
-            attacks.append(_orthogonal(defence, spread, stand_in, self, kw))
         finding = _top_finding(defence, x) if task == "multilabel" else None
         judge = evasion_quality if self.orthogonal and has_score else quality
         res = BestOf(attacks, objective=lambda xa, yy: judge(defence, xa, y, task, finding)).run(defence, x, y)
+        if self.orthogonal and has_score:
+            stand_in = feature_distance_term(mean, scale) if self.detector_loss == "l2" else None
+            res = _refine(res, _orthogonal(defence, spread, stand_in, self, kw), defence, x, y,
+                          lambda xa: judge(defence, xa, y, task, finding))
         return _finish(res, defence, y, task, finding, judge)
 
 
@@ -182,8 +185,23 @@ def _check_detector_loss(name: str) -> str:
     return name
 
 
+def _refine(res: AttackResult, named: tuple[str, OrthogonalPGD], defence: nn.Module, x: Tensor, y_attack: Tensor,
+            judge: Callable[[Tensor], Tensor]) -> AttackResult:
+    """The detector-aware last stage: orthogonal PGD warm-started at the best sample so far (a misclassified
+    one goes straight to lowering the detector's score), and per image the better of the two by `judge`
+    (lower wins; the best-of stage's "quality" must come from the same judge)."""
+    name, atk = named
+    cand = atk.run(defence, x, y_attack, verify=False, start=res.x_adv).x_adv
+    q, best_q = judge(cand).float(), res.info["quality"].float()
+    better = q < best_q
+    x_adv = torch.where(better.view(-1, *([1] * (x.ndim - 1))), cand, res.x_adv)
+    chosen = [name if b else c for b, c in zip(better.tolist(), res.info["chosen"], strict=True)]
+    q_new = torch.where(better, q, best_q)
+    return AttackResult(x_adv, q_new < 1.0, {**res.info, "chosen": chosen, "quality": q_new})
+
+
 def _orthogonal(defence: Any, spread: float, stand_in: Loss | None, recipe: Recipe, kw: dict[str, Any]
-                ) -> tuple[str, Attack]:
+                ) -> tuple[str, OrthogonalPGD]:
     """The orthogonal-PGD candidate of a detector recipe: on the detector's exact score (in units of its clean
     spread) or on an L2 stand-in (then the kept iterate is still picked by the detector's own score)."""
     if stand_in is None:
@@ -273,17 +291,18 @@ class GMMRecipe(Recipe):
             attacks.append(("apgd-targeted+class-score", APGD(
                 eps=self.eps, steps=self.steps, restarts=self.restarts, loss=exact, targeted=True,
                 success=accepted_by(defence), seed=self.seed)))
-        judge: Callable[..., Tensor] = quality
-        if self.orthogonal and callable(class_score):
+        orthogonal = self.orthogonal and callable(class_score)
+        judge: Callable[..., Tensor] = evasion_quality if orthogonal else quality
+        res = BestOf(attacks, objective=lambda xa, _t: judge(defence, xa, y, "classification")).run(defence, x, target)
+        if orthogonal:
             # orthogonal PGD towards t: the target's margin, then class t's score (or its L2 stand-in)
             det: Loss = (class_mean_term(means, scales) if self.detector_loss == "l2"
                          else ExtraTerm(exact_fn, needs_features=False, name="class-score"))
             score: Callable[[Tensor], Tensor] | None = ex.get("score") if self.detector_loss == "l2" else None
-            attacks.append((f"orthogonal-pgd-targeted+{self.detector_loss}", OrthogonalPGD(
-                det, eps=self.eps, steps=self.steps, restarts=self.restarts, score=score, grad_model=clf,
-                targeted=True, success=accepted_by(defence), seed=self.seed)))
-            judge = evasion_quality
-        res = BestOf(attacks, objective=lambda xa, _t: judge(defence, xa, y, "classification")).run(defence, x, target)
+            opgd = OrthogonalPGD(det, eps=self.eps, steps=self.steps, restarts=self.restarts, score=score,
+                                 grad_model=clf, targeted=True, success=accepted_by(defence), seed=self.seed)
+            res = _refine(res, (f"orthogonal-pgd-targeted+{self.detector_loss}", opgd), defence, x, target,
+                          lambda xa: judge(defence, xa, y, "classification"))
         out = _finish(res, defence, y, "classification", judge=judge)
         out.info["target"] = target
         return out
@@ -318,18 +337,29 @@ SurrogateFactory = Callable[[int], nn.Module]
 
 
 class DenoiserRecipe(Recipe):
-    """Levy et al. 4.4 (limited knowledge): a small ensemble of surrogates with the defence's architecture
-    (trained by the caller on the attacker's own data, e.g. with other seeds), eq. 3 iterated with restarts on
-    them, the most effective samples (judged on the surrogates) kept, then evaluated on the victim."""
+    """Levy et al. 4.4 (limited knowledge): a small ensemble of surrogates (trained by the caller on the
+    attacker's own data, e.g. with other seeds: copies of the defence's architecture, and any other model the
+    attacker owns), eq. 3 iterated with restarts on them, and, with transfer=True (default), the field's
+    transfer-enhancing techniques (:mod:`medsec.attacks.transfer`): MI-DI-FGSM and MI-DI-TI-FGSM on the mean of
+    the surrogates' logits, ``transfer_steps`` iterations (default: max(steps, 100); these attacks need many
+    small steps). The most effective samples, judged on the surrogates only, are kept, then evaluated on the
+    victim, which is never queried while crafting. transfer=False is the recipe as it was before."""
 
     name = "denoiser-adaptive"
-    strategies = ("wisdom of the crowd (surrogate ensemble)", "incremental", "restarts",
-                  "keep the most effective samples")
+    strategies: tuple[str, ...] = ("wisdom of the crowd (surrogate ensemble)", "incremental", "restarts",
+                                   "keep the most effective samples",
+                                   "momentum, input diversity, translation invariance")
 
     def __init__(self, eps: float, surrogates: Sequence[nn.Module] | None = None,
                  surrogate_factory: SurrogateFactory | None = None, n_surrogates: int = 3, steps: int = 20,
-                 restarts: int = 3, seed: int | None = 0) -> None:
+                 restarts: int = 3, transfer: bool = True, transfer_steps: int | None = None,
+                 seed: int | None = 0) -> None:
         super().__init__(eps, steps, restarts, seed)
+        self.transfer = bool(transfer)
+        self.transfer_steps = check_positive_int(transfer_steps if transfer_steps is not None else max(steps, 100),
+                                                 "transfer_steps")
+        if not self.transfer:
+            self.strategies = self.strategies[:-1]
         if not surrogates and surrogate_factory is None:
             raise MedsecError("the Denoiser recipe needs surrogate models or a surrogate_factory(seed) (limited "
                               "knowledge: the attacker trains its own copies of the architecture)")
@@ -345,7 +375,15 @@ class DenoiserRecipe(Recipe):
 
     def _run(self, defence: nn.Module, x: Tensor, y: Tensor) -> AttackResult:
         task = task_of(defence, x, y)
-        atk = SurrogateTransfer(self._models(), self.eps, steps=self.steps, restarts=self.restarts, seed=self.seed)
+        models = self._models()
+        extra: list[Attack] = []
+        if self.transfer:
+            ens = LogitEnsemble(models).eval()
+            kw: dict[str, Any] = {"grad_model": ens, "seed": self.seed}
+            extra = [transfer_attack(self.eps, self.transfer_steps, **kw),
+                     transfer_attack(self.eps, self.transfer_steps, ti_size=ti_kernel_size(x.shape[-1]), **kw)]
+        atk = SurrogateTransfer(models, self.eps, steps=self.steps, restarts=self.restarts, candidates=extra,
+                                seed=self.seed)
         return _finish(atk.run(defence, x, y), defence, y, task)
 
 
@@ -398,9 +436,10 @@ class DetectorRecipe(Recipe):
         if not self.orthogonal:
             res = BestOf(attacks, task=task).run(defence, x, y)
             return _finish(res, defence, y, task)
-        attacks.append(_orthogonal(defence, spread, None, self, {"success": succ, "seed": self.seed}))
         finding = _top_finding(defence, x) if task == "multilabel" else None
         res = BestOf(attacks, objective=lambda xa, _y: evasion_quality(defence, xa, y, task, finding)).run(defence, x, y)
+        res = _refine(res, _orthogonal(defence, spread, None, self, {"success": succ, "seed": self.seed}), defence,
+                      x, y, lambda xa: evasion_quality(defence, xa, y, task, finding))
         return _finish(res, defence, y, task, finding, evasion_quality)
 
 
