@@ -41,12 +41,12 @@ from medsec.attacks.adaptive import is_detector, recipe_for, rejected
 from medsec.attacks.adaptive.strategies import correct_predictions
 from medsec.config import ExperimentConfig
 from medsec.errors import ConfigError
-from medsec.evaluation.cells import CellStore
 from medsec.evaluation.clean import clean_rows, clean_table, integrity_section
 from medsec.evaluation.metrics import detection_auroc, detection_roc, dice, weighted_auroc
 from medsec.evaluation.victims import resolve_device
 from medsec.paths import ensure_writable_dir, write_text_atomic
 from medsec.report.document import Report, markdown_table, provenance_markdown, run_provenance
+from medsec.studies.grid import CellStore
 
 console = Console()
 PAPER_NAME = "levy-2022"

@@ -30,12 +30,12 @@ from medsec.attacks.poisoning import BadNets, FeatureCollision, retrain, retrain
 from medsec.attacks.universal import UniversalPerturbation
 from medsec.config import ExperimentConfig
 from medsec.errors import MedsecError
-from medsec.evaluation.cells import CellStore
 from medsec.evaluation.metrics import accuracy
 from medsec.evaluation.victims import Victim, get_victim, resolve_device
 from medsec.models.training import predict
 from medsec.paths import ensure_writable_dir, write_text_atomic
 from medsec.report import Report, markdown_table, run_provenance
+from medsec.studies.grid import CellStore
 
 log = logging.getLogger(__name__)
 

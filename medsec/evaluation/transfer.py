@@ -36,13 +36,13 @@ from torch import nn
 
 from medsec.config import ExperimentConfig, TransferConfig, VictimConfig
 from medsec.errors import ConfigError, MedsecError
-from medsec.evaluation.cells import CellStore
 from medsec.evaluation.metrics import PRIMARY_METRIC, task_metrics
 from medsec.evaluation.victims import DATA_VARIANTS, Victim, get_victim, resolve_device
 from medsec.models.networks import CLASSIFIER_ARCHS, describe
 from medsec.models.training import predict
 from medsec.paths import ensure_writable_dir, write_text_atomic
 from medsec.report import Report, markdown_table, run_provenance
+from medsec.studies.grid import CellStore
 
 log = logging.getLogger(__name__)
 
