@@ -109,7 +109,7 @@ def test_denoiser_limited_knowledge_recipe_transfers(toy_data, denoisers):
     surrogates = [denoisers[s].classifier for s in (11, 12)]
     # the original (transfer) attack: FGSM from one surrogate
     plain = _handled(victim, FGSM(eps=eps)(surrogates[0], x, y), y)
-    res = DenoiserRecipe(eps, surrogates=surrogates, steps=10, restarts=1, transfer_steps=10).run(victim, x, y)
+    res = DenoiserRecipe(eps, surrogates=surrogates, steps=10, restarts=1, transfer_steps=30).run(victim, x, y)
     _in_ball(res.x_adv, x, eps)
     assert _handled(victim, res.x_adv, y) <= plain - 0.1
     assert isinstance(recipe_for(victim, eps, surrogates=surrogates), DenoiserRecipe)
