@@ -27,11 +27,10 @@ from medsec.attacks.adaptive.orthogonal import (
     suspicion,
 )
 from medsec.attacks.core import Goal
-from medsec.defences import GMM, MGM, build_network
+from medsec.defences import MGM
 from medsec.defences.base import Detector
 from medsec.errors import MedsecError
 from medsec.evaluation.metrics import detection_auroc
-from tests.adaptive.conftest import spec
 from tests.attacks.conftest import TinyNet, _bars, _train
 
 
@@ -187,10 +186,8 @@ def test_mgm_recipe_with_orthogonal_pgd_beats_the_previous_recipe(toy_data, vict
         MGMRecipe(eps, detector_loss="mahalanobis")
 
 
-def test_gmm_recipe_with_orthogonal_pgd(toy_data, victim):
-    gmm = GMM(build_network(spec()), 2, ssat_epochs=0)
-    gmm.classifier.load_state_dict(victim.state_dict())
-    gmm.fit(toy_data)
+def test_gmm_recipe_with_orthogonal_pgd(toy_data, toy_gmm):
+    gmm = toy_gmm
     thr = float(gmm.threshold)
     x, y = toy_data.test.images(), toy_data.test.target_tensor()
     eps = 0.1

@@ -19,9 +19,9 @@ from medsec.attacks.adaptive import (
     recipe_for,
     sign_average,
 )
-from medsec.defences import GMM, MGM, RBF, Denoiser, Ensemble, build_network
+from medsec.defences import MGM, RBF, Denoiser, Ensemble
 from medsec.errors import MedsecError
-from tests.adaptive.conftest import TINY, spec, trained
+from tests.adaptive.conftest import TINY, trained
 
 
 def _handled(defence, x_adv, y) -> float:
@@ -48,10 +48,8 @@ def test_mgm_recipe_evades_detector_and_threshold_is_untouched(toy_data, victim)
     assert torch.equal(res.success, quality(mgm, res.x_adv, y, "classification") < 1)
 
 
-def test_gmm_two_stage_recipe_beats_gmm(toy_data, victim):
-    gmm = GMM(build_network(spec()), 2, ssat_epochs=0)
-    gmm.classifier.load_state_dict(victim.state_dict())
-    gmm.fit(toy_data)
+def test_gmm_two_stage_recipe_beats_gmm(toy_data, toy_gmm):
+    gmm = toy_gmm
     thr = float(gmm.threshold)
     x, y = toy_data.test.images(), toy_data.test.target_tensor()
     eps = 0.1
