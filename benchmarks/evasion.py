@@ -127,7 +127,8 @@ def transfer(a: argparse.Namespace) -> int:
     print(f"# limited knowledge on {row.id}: eps {eps:g}, first {len(x)} test images, {len(denoisers)} denoiser "
           f"surrogates + the plain surrogate; judged on the defended victim  [{machine()}]")
     print(f"# defended victim clean accuracy {_accuracy(defence, x, y):.1f}%")
-    sets = {"denoiser surrogates": denoisers, "denoiser surrogates + plain surrogate": [*denoisers, plain]}
+    sets = {"denoiser surrogates + plain surrogate": [*denoisers, plain], "denoiser surrogates": denoisers}
+    sets = {k: v for k, v in sets.items() if a.sets == "both" or (a.sets == "all") == ("plain" in k)}
     print("\n| attack | surrogates | accuracy of the defended victim (%) | seconds |")
     print("|---|---|---:|---:|")
     results: dict[tuple[str, str], float] = {}
@@ -171,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=64, help="test images attacked")
     ap.add_argument("--steps", type=int, default=None, help="adaptive steps (default: the profile's)")
     ap.add_argument("--restarts", type=int, default=None, help="restarts (default: the profile's)")
+    ap.add_argument("--sets", choices=("all", "denoisers", "both"), default="both",
+                    help="transfer: surrogate sets (all: the denoiser copies and the plain surrogate)")
     a = ap.parse_args(argv)
     rc = load_config(a.profile, {}).reproduce
     a.steps = a.steps or rc.steps
