@@ -33,30 +33,18 @@ from torch import Tensor, nn
 from medsec.attacks.adaptive import DenoiserRecipe, accepted_by, detector_term, exposed, recipe_for, rejected
 from medsec.attacks.adaptive.orthogonal import OrthogonalPGD, suspicion
 from medsec.attacks.transfer import LogitEnsemble
-from medsec.config import ExperimentConfig, load_config
-from medsec.evaluation.metrics import detection_auroc
-from medsec.evaluation.reproduce import ROWS, handled_scores
+from medsec.config import load_config
+from medsec.metrics import detection_auroc
+from medsec.studies.common import handled_scores
+from medsec.studies.levy import ROWS, RowRun, load_row, recipe_options
 
 
-def row_setup(profile: str, row_id: str, n: int, seed: int = 0) -> dict[str, Any]:
-    """The row's victim, defence and first n test images, through the library's caches exactly as
-    ``medsec reproduce`` builds them (defence-trained networks with the profile's defence_epochs)."""
-    from medsec.defences.factory import get_defence
-    from medsec.evaluation.victims import get_victim
-
+def row_setup(profile: str, row_id: str, n: int, seed: int = 0) -> RowRun:
+    """The row's victim, defence (the library's caches) and first n test images, loaded by the Levy study's own
+    ``load_row`` exactly as ``medsec reproduce`` does."""
     row = next(r for r in ROWS if r.id == row_id)
-    cfg: ExperimentConfig = load_config(profile, {"seed": seed, "device": "cpu"})
-    rc = cfg.reproduce
-    dcfg = cfg
-    if rc.defence_epochs is not None:
-        dcfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": rc.defence_epochs})})
-    victim = get_victim(cfg, row.dataset)
-    fd = get_defence(dcfg, row.defence, row.dataset, victim=victim)
-    data = victim.data
-    k = min(n, len(data.test))
-    x, y = data.test.images(slice(0, k)), data.test.target_tensor(slice(0, k))
-    return {"row": row, "cfg": cfg, "dcfg": dcfg, "victim": victim, "defence": fd.defence.eval(),
-            "plain": victim.model.eval(), "x": x, "y": y, "task": data.info.task}
+    cfg = load_config(profile, {"seed": seed, "device": "cpu", "reproduce": {"n_test": n}})
+    return load_row(cfg, row, {"from_cache": True, "seconds": 0.0})
 
 
 def detectors(a: argparse.Namespace) -> int:
@@ -69,9 +57,8 @@ def detectors(a: argparse.Namespace) -> int:
 
 def detector_row(a: argparse.Namespace, row_id: str) -> None:
     """One detector row's table."""
-    s = row_setup(a.profile, row_id, a.n)
-    row, defence, x, y, task = s["row"], s["defence"], s["x"], s["y"], s["task"]
-    finding = s["plain"](x).argmax(1).detach() if task == "multilabel" else None
+    run = row_setup(a.profile, row_id, a.n)
+    row, defence, x, y, task, finding = run.row, run.defence, run.x, run.y, run.task, run.finding
     thr = float(defence.threshold)
     s_clean = suspicion(defence, x).numpy()
     spread = float(np.std(s_clean))
@@ -113,16 +100,11 @@ def _accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
 
 
 def transfer(a: argparse.Namespace) -> int:
-    from medsec.defences.factory import get_defence
-    from medsec.evaluation.victims import get_victim
-
     ta = torchattacks_or_exit()
-    s = row_setup(a.profile, "denoiser-rsna", a.n)
-    row, cfg, dcfg, victim, defence, x, y = (s[k] for k in ("row", "cfg", "dcfg", "victim", "defence", "x", "y"))
-    rc = cfg.reproduce
-    denoisers = [get_defence(dcfg, "denoiser", row.dataset, seed=cfg.seed + 100 + i, victim=victim).defence.classifier
-                 .eval() for i in range(rc.surrogates)]
-    plain = get_victim(dcfg, row.dataset, seed=cfg.seed + 100).model.eval()
+    run = row_setup(a.profile, "denoiser-rsna", a.n)
+    row, defence, x, y, rc = run.row, run.defence, run.x, run.y, run.cfg.reproduce
+    owned = [m.eval() for m in recipe_options(run, rc.steps)["surrogates"]]  # as medsec reproduce hands them over
+    denoisers, plain = owned[:-1], owned[-1]
     eps = row.eps
     print(f"# limited knowledge on {row.id}: eps {eps:g}, first {len(x)} test images, {len(denoisers)} denoiser "
           f"surrogates + the plain surrogate; judged on the defended victim  [{machine()}]")
