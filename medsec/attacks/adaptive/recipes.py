@@ -62,8 +62,9 @@ class Recipe(CompositeAttack):
     strategies: tuple[str, ...] = ()
     eps: float
 
-    def __init__(self, eps: float, steps: int = 100, restarts: int = 2, seed: int | None = 0) -> None:
-        super().__init__(seed=seed)
+    def __init__(self, eps: float, steps: int = 100, restarts: int = 2, seed: int | None = 0,
+                 batch_size: int | None = None) -> None:
+        super().__init__(seed=seed, batch_size=batch_size)  # batch_size: attack in chunks (memory at 224 px)
         e = check_eps(eps)
         assert e is not None
         if e > 1:
@@ -110,8 +111,9 @@ class MGMRecipe(Recipe):
     strategies = ("expand loss", "simplify loss (L2 to the mean)", "incremental (APGD)", "restarts")
 
     def __init__(self, eps: float, steps: int = 100, restarts: int = 2, lam: float = 1.0, lam_start: float = 0.1,
-                 kappa: float = 2.0, exact: bool = True, seed: int | None = 0) -> None:
-        super().__init__(eps, steps, restarts, seed)
+                 kappa: float = 2.0, exact: bool = True, seed: int | None = 0,
+                 batch_size: int | None = None) -> None:
+        super().__init__(eps, steps, restarts, seed, batch_size)
         self.lam, self.lam_start, self.kappa = float(lam), float(lam_start), float(kappa)
         self.exact = bool(exact)
 
@@ -165,8 +167,9 @@ class GMMRecipe(Recipe):
                   "incremental (APGD)", "restarts")
 
     def __init__(self, eps: float, steps: int = 100, restarts: int = 2, stage1_steps: int = 20, lam: float = 1.0,
-                 lam_start: float = 0.1, kappa: float = 2.0, exact: bool = True, seed: int | None = 0) -> None:
-        super().__init__(eps, steps, restarts, seed)
+                 lam_start: float = 0.1, kappa: float = 2.0, exact: bool = True, seed: int | None = 0,
+                 batch_size: int | None = None) -> None:
+        super().__init__(eps, steps, restarts, seed, batch_size)
         self.stage1_steps = check_positive_int(stage1_steps, "stage1_steps")
         self.lam, self.lam_start, self.kappa = float(lam), float(lam_start), float(kappa)
         self.exact = bool(exact)
@@ -220,8 +223,9 @@ class EnsembleRecipe(Recipe):
     name = "ensemble-adaptive"
     strategies = ("wisdom of the crowd (eq. 3)", "incremental (APGD)", "restarts")
 
-    def __init__(self, eps: float, steps: int = 20, restarts: int = 2, seed: int | None = 0) -> None:
-        super().__init__(eps, steps, restarts, seed)
+    def __init__(self, eps: float, steps: int = 20, restarts: int = 2, seed: int | None = 0,
+                 batch_size: int | None = None) -> None:
+        super().__init__(eps, steps, restarts, seed, batch_size)
 
     def _compose(self, defence: nn.Module, x: Tensor, y: Tensor) -> AttackResult:
         ex = exposed(defence)
@@ -252,8 +256,9 @@ class DenoiserRecipe(Recipe):
 
     def __init__(self, eps: float, surrogates: Sequence[nn.Module] | None = None,
                  surrogate_factory: SurrogateFactory | None = None, n_surrogates: int = 3, steps: int = 20,
-                 restarts: int = 3, seed: int | None = 0) -> None:
-        super().__init__(eps, steps, restarts, seed)
+                 restarts: int = 3, seed: int | None = 0,
+                 batch_size: int | None = None) -> None:
+        super().__init__(eps, steps, restarts, seed, batch_size)
         if not surrogates and surrogate_factory is None:
             raise MedsecError("the Denoiser recipe needs surrogate models or a surrogate_factory(seed) (limited "
                               "knowledge: the attacker trains its own copies of the architecture)")
@@ -298,8 +303,9 @@ class DetectorRecipe(Recipe):
     strategies = ("expand loss (detector score)", "incremental (APGD)", "restarts")
 
     def __init__(self, eps: float, steps: int = 100, restarts: int = 2, lam: float = 1.0, kappa: float = 2.0,
-                 seed: int | None = 0) -> None:
-        super().__init__(eps, steps, restarts, seed)
+                 seed: int | None = 0,
+                 batch_size: int | None = None) -> None:
+        super().__init__(eps, steps, restarts, seed, batch_size)
         self.lam, self.kappa = float(lam), float(kappa)
 
     def _compose(self, defence: nn.Module, x: Tensor, y: Tensor) -> AttackResult:
