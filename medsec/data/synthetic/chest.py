@@ -20,6 +20,7 @@ from medsec.data.base import DatasetInfo, Split
 from medsec.data.synthetic import SyntheticSpec, register
 from medsec.data.synthetic._common import (
     F32,
+    blur,
     col,
     contrast,
     gauss,
@@ -28,6 +29,7 @@ from medsec.data.synthetic._common import (
     patient_ids,
     pixel,
     polar,
+    powerlaw_noise,
     render_chunks,
     smooth_noise,
     soft_step,
@@ -39,6 +41,14 @@ FINDINGS: tuple[str, ...] = (
     "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia",
 )
 F = {name: i for i, name in enumerate(FINDINGS)}
+
+# How the findings and the background are rendered (see docs/synthetic.md, "Behaviour under attack").
+FINDING_GAIN = 1.0  # finding strength relative to the drawn pattern (contrast and geometric change)
+FINDING_BLUR = 0.0  # the additive findings are blurred by this std (fraction of the width): diffuse evidence
+TEXTURE_SD = 0.0  # anatomical background: 1/f^TEXTURE_BETA texture over the trunk, std in [0, 1] units
+TEXTURE_BETA = 2.0
+OPACITY_SPREAD = 1.0  # size of the air-space opacities (pneumonia, infiltration) relative to the drawn size
+NOISE_GAIN = 1.0  # quantum (white + fine correlated) noise relative to the drawn level
 
 P_ABNORMAL = 0.5
 # P(finding | abnormal image), ordered as FINDINGS. Ranked like the NIH label frequencies, floored so the
@@ -109,7 +119,7 @@ def _render(
     P = {k: v[sl] for k, v in p.items()}
     L = lab[sl]
     m = L.shape[0]
-    c = contrast(difficulty)
+    c = contrast(difficulty) * FINDING_GAIN
     px = pixel(size)
     e = max(0.03, px)
     y0, x0 = grid(size)
@@ -208,10 +218,12 @@ def _render(
         ca = col(0.22 + 0.38 * P[f"a{k}"][idx])
         return side, a, lung, lat, b, ca
 
+    lesions = np.zeros((m, size, size), F32)
+
     def add(name: str, fn) -> None:  # noqa: ANN001
         idx = np.flatnonzero(has[name])
         if idx.size:
-            img[idx] += fn(F[name], idx)
+            lesions[idx] += fn(F[name], idx)
 
     def atelectasis(k: int, idx: np.ndarray) -> np.ndarray:
         _, a, lung, _, b, ca = region(k, idx)
@@ -235,7 +247,7 @@ def _render(
     def infiltration(k: int, idx: np.ndarray) -> np.ndarray:
         _, a, lung, _, b, ca = region(k, idx)
         cy = top[idx] + (b - top[idx]) * col(0.35 + 0.5 * P[f"v{k}"][idx])
-        r = col(0.18 + 0.1 * P[f"s{k}"][idx])
+        r = col(0.18 + 0.1 * P[f"s{k}"][idx]) * OPACITY_SPREAD
         patch = soft_step(smooth_noise(rng, idx.size, size, 0.035) + 0.2, 1.2)
         return 0.17 * c * lung * patch * gauss(((a - ca) ** 2 + (Y[idx] - cy) ** 2) / r**2)
 
@@ -280,7 +292,7 @@ def _render(
             pv = (P[f"v{k}"][idx] + 0.37 * j) % 1.0
             cy = col(P["top"][idx] + (b - P["top"][idx]) * (0.45 + 0.4 * pv))
             ca = col(0.25 + 0.35 * ((P[f"a{k}"][idx] + 0.53 * j) % 1.0))
-            rx = col((0.16 + 0.12 * P[f"s{k}"][idx]) * (0.7 + 0.3 * c))
+            rx = col((0.16 + 0.12 * P[f"s{k}"][idx]) * (0.7 + 0.3 * c) * OPACITY_SPREAD)
             ry = rx * 0.8
             on = 1.0 if j == 0 else col(P[f"b{k}"][idx])
             out += on * lung * gauss(((sd_a - ca) / rx) ** 2 + ((Y[idx] - cy) / ry) ** 2)
@@ -350,10 +362,13 @@ def _render(
         ("Pleural_Thickening", pleural_thickening), ("Hernia", hernia),
     ):
         add(name, fn)
+    img = img + blur(lesions, FINDING_BLUR)
+    if TEXTURE_SD > 0:
+        img = img + TEXTURE_SD * powerlaw_noise(rng, m, size, TEXTURE_BETA) * body
 
     # ---- exposure, detector response and quantum noise ----
     img = np.clip(img, 0, 1) ** col(P["gamma"]) * col(P["gain"]) + col(P["bias"])
-    sigma = col(P["noise"]) * (0.6 + 1.2 * difficulty)
+    sigma = col(P["noise"]) * (0.6 + 1.2 * difficulty) * NOISE_GAIN
     img = img + sigma * rng.standard_normal((m, size, size), dtype=F32)
     img = img + 0.5 * sigma * smooth_noise(rng, m, size, 0.006)
     return np.clip(img, 0, 1).astype(F32)
