@@ -43,10 +43,10 @@ N_HAIRS = 6
 N_FRECKLES = 3
 N_HARM = 5
 # How the lesion and the skin are rendered (see docs/synthetic.md, "Behaviour under attack").
-LESION_GAIN = 1.0  # pigment opacity of the lesion relative to the drawn level
-TEXTURE_SD = 0.0  # skin brightness varies as (1 + TEXTURE_SD * 1/f^TEXTURE_BETA texture)
+LESION_GAIN = 0.7  # pigment opacity of the lesion relative to the drawn level
+TEXTURE_SD = 0.03  # skin brightness varies as (1 + TEXTURE_SD * 1/f^TEXTURE_BETA texture)
 TEXTURE_BETA = 2.0
-NOISE_GAIN = 1.0  # sensor noise relative to the drawn level
+NOISE_GAIN = 0.5  # sensor noise relative to the drawn level
 PALETTE = np.array([  # dark brown, black, blue-grey, red, white (regression)
     [0.32, 0.18, 0.10], [0.10, 0.08, 0.08], [0.42, 0.46, 0.58], [0.72, 0.32, 0.30], [0.85, 0.78, 0.75],
 ], dtype=F32)
