@@ -1,6 +1,6 @@
 """Shared by the attack benchmarks: a small trained victim on a synthetic dataset, and timing helpers.
 
-The victim comes from the lead's API (medsec.evaluation.victims.get_victim), so it is trained once and
+The victim comes from the lead's API (medsec.models.victims.get_victim), so it is trained once and
 then read from the cache. When the requested synthetic dataset is not available (the generators were
 not merged yet), a 4-class in-script phantom ("bench-bars") is registered and used instead; the
 benchmark prints which dataset it used.
@@ -36,7 +36,7 @@ def load_victim(dataset: str, arch: str, size: int, n_train: int, n_test: int, e
     from medsec.config import load_config
     from medsec.data import available_datasets
     from medsec.data.synthetic import GENERATORS, SyntheticSpec, register
-    from medsec.evaluation.victims import get_victim
+    from medsec.models.victims import get_victim
 
     if dataset not in available_datasets():
         print(f"[dataset {dataset!r} is not available in this checkout; using the in-script 'bench-bars' phantom]")

@@ -32,11 +32,11 @@ import torch
 from medsec.attacks import FGSM, PGD
 from medsec.config import ExperimentConfig, load_config
 from medsec.defences import adversarial_risk
-from medsec.defences.base import batched, module_device
 from medsec.defences.factory import get_defence
-from medsec.evaluation.li_zhu import _top_targets
-from medsec.evaluation.metrics import accuracy, detection_auroc, detection_f1, mean_dice, weighted_auroc
-from medsec.evaluation.victims import get_victim
+from medsec.metrics import accuracy, detection_auroc, detection_f1, mean_dice, weighted_auroc
+from medsec.models.inference import batched, module_device
+from medsec.models.victims import get_victim
+from medsec.studies.li_zhu import top_targets as _top_targets
 
 EPS = {"mgm": 0.02, "ensemble": 0.01, "gmm": 0.002, "denoiser": 0.03}
 
@@ -46,7 +46,7 @@ def _attack(attack: Any, model: torch.nn.Module, x: torch.Tensor, y: torch.Tenso
 
 
 def _acc(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    return 100 * accuracy(batched(model, x, 128, module_device(model)), y)
+    return 100 * accuracy(batched(model, x, 128, module_device(model), cpu=True), y)
 
 
 def section_mgm(cfg: ExperimentConfig) -> dict[str, Any]:
@@ -55,8 +55,8 @@ def section_mgm(cfg: ExperimentConfig) -> dict[str, Any]:
     x, y = v.data.test.images(), v.data.test.target_tensor()
     x_adv = _attack(PGD(eps=EPS["mgm"], steps=10, findings="top", seed=cfg.seed), v.model, x, _top_targets(v.model, x))
     fc, fa = mgm.detect(x), mgm.detect(x_adv)
-    sc, sa = batched(mgm.score, x), batched(mgm.score, x_adv)
-    probs = torch.sigmoid(batched(v.model, x))
+    sc, sa = batched(mgm.score, x, cpu=True), batched(mgm.score, x_adv, cpu=True)
+    probs = torch.sigmoid(batched(v.model, x, cpu=True))
     f1 = detection_f1(fc, fa)
     return {"dataset": v.data.info.label, "victim": v.meta["arch_label"], "attack": "PGD white-box, 10 steps",
             "eps": EPS["mgm"], "n_clean": len(x), "n_adv": len(x),
@@ -140,7 +140,7 @@ def section_rbf(cfg: ExperimentConfig) -> dict[str, Any]:
         x, y = v.data.test.images(), v.data.test.target_tensor()
         if v.data.info.task == "segmentation":
             metric = "dice"
-            plain_v, rbf_v = (100 * mean_dice(batched(m, x, 64), y) for m in (v.model, rbf))
+            plain_v, rbf_v = (100 * mean_dice(batched(m, x, 64, cpu=True), y) for m in (v.model, rbf))
         else:
             metric = "accuracy"
             plain_v, rbf_v = _acc(v.model, x, y), _acc(rbf, x, y)

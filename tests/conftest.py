@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -38,3 +41,34 @@ def cache_dir(tmp_path, monkeypatch):
     d = tmp_path / "cache"
     monkeypatch.setenv("MEDSEC_CACHE", str(d))
     return d
+
+
+# ---------------------------------------------------------------- skipped interoperability tests
+# The interoperability tests skip when their real peer program is missing. The run then ends by naming
+# them and the one command that enables them (`make test` installs the peers itself where it can: as
+# root with apt-get, see tests/install_peers.sh).
+PEER_WORDS = re.compile(r"dcmtk|dcmsign|storescu|img2dcm|echoscu|findscu|orthanc|openssl is not", re.IGNORECASE)
+
+
+def peers_command() -> str:
+    """The one command that installs the tests' peer programs on this machine."""
+    if shutil.which("apt-get"):
+        return "sudo apt-get install -y --no-install-recommends dcmtk orthanc openssl   (then: make test)"
+    return ("install DCMTK (https://dicom.offis.de/dcmtk), Orthanc (https://www.orthanc-server.com) and the "
+            "OpenSSL command line so that dcmsign, storescu, Orthanc and openssl are on PATH, then: make test")
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ARG001 - pytest's hook signature
+    skipped = []
+    for rep in terminalreporter.stats.get("skipped", []):
+        reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
+        if PEER_WORDS.search(reason):
+            skipped.append((rep.nodeid, reason.removeprefix("Skipped: ")))
+    if not skipped:
+        return
+    tr = terminalreporter
+    tr.section("interoperability tests skipped: DCMTK / Orthanc / OpenSSL missing", yellow=True, bold=True)
+    for nodeid, reason in skipped:
+        tr.line(f"SKIPPED {nodeid}: {reason}")
+    tr.line(f"{len(skipped)} test(s) need DCMTK, Orthanc or OpenSSL. Enable them with:", yellow=True, bold=True)
+    tr.line(f"    {peers_command()}")

@@ -15,8 +15,8 @@ from medsec.attacks.core import (
     Attack,
     AttackContext,
     AttackResult,
+    CompositeAttack,
     check_eps,
-    check_images,
     check_norm,
     guarded,
 )
@@ -27,10 +27,10 @@ CLEAN = -2  # attack_index of samples whose goal was already reached on the clea
 ROBUST = -1  # attack_index of samples no attack broke
 
 
-class Cascade(Attack):
+class Cascade(CompositeAttack):
     """Run `attacks` in order on the still-robust samples.
 
-    `run()` returns an AttackResult whose info holds "attack_index" ((N,) long: the index of the first
+    ``run()`` returns an AttackResult whose info holds "attack_index" ((N,) long: the index of the first
     successful attack, CLEAN = -2 for samples already fooled on the clean input, ROBUST = -1 for none),
     "names" (the attacks' names) and "succeeded_by" ((N,) list of names, "clean" or None).
     """
@@ -65,10 +65,7 @@ class Cascade(Attack):
         names.append("pgd-margin")
         return cls(attacks, names)
 
-    def run(self, model: nn.Module, x: Tensor, y: Tensor, verify: bool = True) -> AttackResult:
-        x = check_images(x)
-        if not isinstance(y, Tensor) or y.shape[0] != x.shape[0]:
-            raise MedsecError("labels y must be a tensor with one row per image")
+    def _compose(self, model: nn.Module, x: Tensor, y: Tensor) -> AttackResult:
         n = x.shape[0]
         x_adv = x.detach().clone()
         clean_ok = self._clean_success(model, x, y)
@@ -94,9 +91,6 @@ class Cascade(Attack):
         with guarded([model, *gms], a.train_mode):
             ctx = AttackContext(a, model, gms, x.detach(), y.to(x.device), None)
             return ctx.clean_success
-
-    def _attack(self, ctx: Any) -> AttackResult:  # pragma: no cover - run() is overridden
-        raise NotImplementedError
 
 
 def _auto_name(a: Attack, i: int) -> str:

@@ -20,6 +20,8 @@ from torch import Tensor, nn
 
 from medsec.attacks.losses import Loss, LossInput, resolve_loss
 from medsec.errors import MedsecError
+from medsec.metrics.segmentation import dice_per_sample, seg_prediction
+from medsec.models.inference import logits_and_features
 
 Norm = Literal["linf", "l2"]
 AttackTask = Literal["classification", "multilabel", "segmentation"]
@@ -165,30 +167,6 @@ def infer_task(outputs: Tensor, y: Tensor, task: str | None = None) -> AttackTas
             raise MedsecError(f"mask labels must lie in [0, {kk}), got [{int(y.min())}, {int(y.max())}]")
         return "segmentation"
     raise MedsecError(f"model outputs must be (N, K) or (N, K, H, W) logits, got shape {tuple(outputs.shape)}")
-
-
-def seg_prediction(outputs: Tensor) -> Tensor:
-    """Hard mask from (N, K, H, W) logits: argmax, or logit > 0 for a single-channel (sigmoid) model."""
-    if outputs.shape[1] == 1:
-        return (outputs[:, 0] > 0).long()
-    return outputs.argmax(1)
-
-
-def dice_per_sample(pred: Tensor, target: Tensor, num_classes: int) -> Tensor:
-    """Per-sample hard Dice over the foreground classes (mean over classes present in either mask);
-    1.0 when both masks are empty."""
-    scores = []
-    present = []
-    for c in range(1, max(num_classes, 2)):
-        p = (pred == c).flatten(1).float()
-        t = (target == c).flatten(1).float()
-        inter = (p * t).sum(1)
-        tot = p.sum(1) + t.sum(1)
-        scores.append(torch.where(tot > 0, 2 * inter / tot.clamp_min(1e-12), torch.ones_like(tot)))
-        present.append(tot > 0)
-    s = torch.stack(scores, 1)
-    pr = torch.stack(present, 1).float()
-    return torch.where(pr.sum(1) > 0, (s * pr).sum(1) / pr.sum(1).clamp_min(1), torch.ones_like(s[:, 0]))
 
 
 @dataclass
@@ -469,12 +447,7 @@ class AttackContext:
         feats: Tensor | None = None
         with ctx:
             if features:
-                ff = getattr(model, "forward_features", None)
-                if ff is None:
-                    raise MedsecError(
-                        f"the attack's loss needs features but {type(model).__name__} has no forward_features(x)"
-                    )
-                out, feats = ff(x)
+                out, feats = logits_and_features(model, x)
             else:
                 net = model if exact else self.fast.get(id(model), model)
                 fwd = _compiled(net) if self.speed.compile else net
@@ -681,7 +654,14 @@ class Attack:
 
     def run(self, model: nn.Module, x: Tensor, y: Tensor, verify: bool = True) -> AttackResult:
         """Attack and report per-sample success (measured in fp32 on `model`; verify=False leaves the
-        success of unevaluated last iterates as False and skips the bf16 re-check)."""
+        success of unevaluated last iterates as False and skips the bf16 re-check). Every attack runs through
+        here: inputs checked, the models guarded (see guarded()), the result inside the box and the ball."""
+        x, y = self._inputs(model, x, y)
+        with guarded([model, *self._grad_models(model)], self.train_mode):
+            return self._run(model, x, y, verify)
+
+    def _inputs(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """The checked images and the labels on their device (integer ids as long)."""
         if not isinstance(model, nn.Module):
             raise MedsecError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         x = check_images(x)
@@ -692,19 +672,22 @@ class Attack:
         y = y.to(x.device)
         if not (y.is_floating_point() or y.dtype == torch.bool or y.dtype == torch.long):
             y = y.long()  # int32/uint8 class ids or masks
+        return x, y
+
+    def _run(self, model: nn.Module, x: Tensor, y: Tensor, verify: bool) -> AttackResult:
+        """The engine's path: per batch, one AttackContext and `_attack(ctx)`, then the contract on the way out."""
         gms = self._grad_models(model)
         gen = None
         if self.seed is not None:
             gen = torch.Generator(device=x.device)
             gen.manual_seed(int(self.seed))
         work = _param_dtype(model, x.dtype)
-        with guarded([model, *gms], self.train_mode):
-            bs = self.batch_size or x.shape[0]
-            parts: list[AttackResult] = []
-            for s in range(0, x.shape[0], bs):
-                xb = x[s:s + bs].detach()
-                ctx = AttackContext(self, model, gms, xb.to(work), y[s:s + bs], gen)
-                parts.append(self._finish(ctx, self._attack(ctx), verify))
+        bs = self.batch_size or x.shape[0]
+        parts: list[AttackResult] = []
+        for s in range(0, x.shape[0], bs):
+            xb = x[s:s + bs].detach()
+            ctx = AttackContext(self, model, gms, xb.to(work), y[s:s + bs], gen)
+            parts.append(self._finish(ctx, self._attack(ctx), verify))
         return _concat(parts, x.dtype)
 
     # -- for subclasses ------------------------------------------------------------------------------------
@@ -748,6 +731,51 @@ class Attack:
         keys = ("eps", "alpha", "steps", "norm", "restarts", "targeted")
         args = ", ".join(f"{k}={getattr(self, k)!r}" for k in keys if hasattr(self, k))
         return f"{type(self).__name__}({args})"
+
+
+class CompositeAttack(Attack):
+    """An attack made of other attacks or of its own search (BestOf, SurrogateTransfer, Cascade, the adaptive
+    recipes, the survey attacks): the same contract as the engine's attacks — ``attack(model, x, y) -> x_adv``,
+    ``run(model, x, y) -> AttackResult``, inputs checked, models guarded — with ``_compose(model, x, y)`` in
+    place of the engine's per-step ``_attack(ctx)``. The result is clipped to [0, 1] and, when the attack has
+    a budget, projected into its ball (a no-op for the attacks that already keep to it)."""
+
+    def _run(self, model: nn.Module, x: Tensor, y: Tensor, verify: bool) -> AttackResult:
+        res = self._compose(model, x, y)
+        x_adv = res.x_adv.detach().clamp(0.0, 1.0)
+        if self.eps is not None and bool((_flat_norm(x_adv - x, self.norm) > self.eps * (1 + 1e-6) + 1e-7).any()):
+            x_adv = project(x_adv, x, self.eps, self.norm)
+        return AttackResult(x_adv, res.success, res.info)
+
+    def _compose(self, model: nn.Module, x: Tensor, y: Tensor) -> AttackResult:
+        raise NotImplementedError
+
+
+def check_class_labels(x: Tensor, y: Tensor) -> None:
+    """Class labels (N,) of integers for images x; MedsecError otherwise (attacks that need classifiers)."""
+    if not isinstance(y, Tensor) or y.ndim != 1 or y.is_floating_point():
+        raise MedsecError("labels y must be an integer tensor (N,) of class indices (this attack attacks "
+                          "classifiers)")
+    if y.shape[0] != x.shape[0]:
+        raise MedsecError(f"labels y hold {y.shape[0]} rows for {x.shape[0]} images")
+
+
+def check_batch(x: object, y: object | None = None, name: str = "x") -> Tensor:
+    """Float (N, C, H, W) images in [0, 1] (and, if given, one class label per image); MedsecError otherwise."""
+    xt = check_images(x, name)
+    if y is not None:
+        check_class_labels(xt, y)  # type: ignore[arg-type]
+    return xt
+
+
+def attack_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:
+    """A torch generator seeded with `seed` (nondeterministic when None); the global RNG is left alone."""
+    gen = torch.Generator(device=device)
+    if seed is None:
+        gen.seed()
+    else:
+        gen.manual_seed(int(seed))
+    return gen
 
 
 def _param_dtype(model: nn.Module, default: torch.dtype) -> torch.dtype:

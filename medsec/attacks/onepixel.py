@@ -13,11 +13,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from medsec.attacks.survey_common import check_batch, frozen, generator
+from medsec.attacks.core import AttackResult, CompositeAttack, attack_generator, check_class_labels
 from medsec.errors import MedsecError
 
 
-class OnePixel:
+class OnePixel(CompositeAttack):
     """Change at most `pixels` pixels (all channels of each) to fool a classifier.
 
     pixels: k, the number of pixels changed. popsize: DE population per image (Su et al.: 400).
@@ -35,8 +35,9 @@ class OnePixel:
                 raise MedsecError(f"OnePixel: {name} must be an integer >= {lo}, got {v!r}")
         if not 0.0 < f <= 2.0:
             raise MedsecError(f"OnePixel: f must be in (0, 2], got {f}")
+        super().__init__(targeted=targeted, seed=seed, train_mode="eval")
         self.pixels, self.popsize, self.iterations = int(pixels), int(popsize), int(iterations)
-        self.f, self.targeted, self.eval_batch, self.seed = float(f), bool(targeted), int(eval_batch), seed
+        self.f, self.eval_batch = float(f), int(eval_batch)
 
     def __repr__(self) -> str:
         return f"OnePixel(pixels={self.pixels}, popsize={self.popsize}, iterations={self.iterations})"
@@ -70,58 +71,52 @@ class OnePixel:
         return torch.cat(fit), torch.cat(succ)
 
     # -- the attack ------------------------------------------------------------------------------------------
-    def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        """Adversarial images: x with at most `pixels` pixels changed per image."""
-        return self.run(model, x, y)[0]
-
-    def run(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        """(x_adv, success per image)."""
-        x = check_batch(x, y)
-        y = y.to(x.device)
+    def _compose(self, model: nn.Module, x: Tensor, y: Tensor) -> AttackResult:
+        """x with at most `pixels` pixels changed per image; success = the model's verdict on the result."""
+        check_class_labels(x, y)
         n, c, h, w = x.shape
         k, pop = self.pixels, self.popsize
-        gen = generator(self.seed, x.device)
+        gen = attack_generator(self.seed, x.device)
         lo = torch.zeros(2 + c, device=x.device)
         hi = torch.tensor([h - 1e-4, w - 1e-4] + [1.0] * c, device=x.device)
-        with frozen(model):
-            logits = model(x).float()
-            pred = logits.argmax(1)
-            done = (pred == y) if self.targeted else (pred != y)
-            active = (~done).nonzero().squeeze(1)  # images already fooled are returned unchanged
-            if active.numel() == 0:
-                return x.clone(), done
-            na = active.numel()
-            popu = torch.rand(na, pop, k, 2 + c, generator=gen, device=x.device) * hi
-            xa = x[active].repeat_interleave(pop, 0)
-            ya = y[active].repeat_interleave(pop)
-            fit, succ = self._fitness(model, xa, ya, popu.reshape(na * pop, k, 2 + c))
-            fit, succ = fit.view(na, pop), succ.view(na, pop)
-            for _ in range(self.iterations):
-                won = succ.any(1)
-                if bool(won.all()):
-                    break
-                # DE/rand/1: three distinct random members per child (distinct from each other)
-                r = torch.argsort(torch.rand(na, pop, pop, generator=gen, device=x.device), dim=2)[..., :3]
-                a, b, d = (torch.gather(popu, 1, r[..., i, None, None].expand(-1, -1, k, 2 + c)) for i in range(3))
-                child = (a + self.f * (b - d)).clamp(min=lo, max=hi)
-                keep_rows = (~won).nonzero().squeeze(1)  # only images not yet fooled evolve
-                cf, cs = self._fitness(model, x[active[keep_rows]].repeat_interleave(pop, 0),
-                                       y[active[keep_rows]].repeat_interleave(pop),
-                                       child[keep_rows].reshape(-1, k, 2 + c))
-                cf, cs = cf.view(-1, pop), cs.view(-1, pop)
-                better = (cf <= fit[keep_rows]) | cs
-                sub_pop, sub_fit, sub_succ = popu[keep_rows], fit[keep_rows], succ[keep_rows]
-                sub_pop[better] = child[keep_rows][better]
-                sub_fit[better] = cf[better]
-                sub_succ[better] = cs[better]
-                popu[keep_rows], fit[keep_rows], succ[keep_rows] = sub_pop, sub_fit, sub_succ
-            # per image: a successful candidate if any, else the fittest
-            score = fit - succ.float() * 10.0
-            idx = score.argmin(1)
-            chosen = popu[torch.arange(na, device=x.device), idx]
-            x_adv = x.clone()
-            x_adv[active] = self.apply(x[active], chosen)
-            # the success reported is the model's verdict on the returned images
-            pred_adv = model(x_adv).argmax(1)
-            ok = (pred_adv == y) if self.targeted else (pred_adv != y)
-        return x_adv, ok
+        logits = model(x).float()
+        pred = logits.argmax(1)
+        done = (pred == y) if self.targeted else (pred != y)
+        active = (~done).nonzero().squeeze(1)  # images already fooled are returned unchanged
+        if active.numel() == 0:
+            return AttackResult(x.clone(), done)
+        na = active.numel()
+        popu = torch.rand(na, pop, k, 2 + c, generator=gen, device=x.device) * hi
+        xa = x[active].repeat_interleave(pop, 0)
+        ya = y[active].repeat_interleave(pop)
+        fit, succ = self._fitness(model, xa, ya, popu.reshape(na * pop, k, 2 + c))
+        fit, succ = fit.view(na, pop), succ.view(na, pop)
+        for _ in range(self.iterations):
+            won = succ.any(1)
+            if bool(won.all()):
+                break
+            # DE/rand/1: three distinct random members per child (distinct from each other)
+            r = torch.argsort(torch.rand(na, pop, pop, generator=gen, device=x.device), dim=2)[..., :3]
+            a, b, d = (torch.gather(popu, 1, r[..., i, None, None].expand(-1, -1, k, 2 + c)) for i in range(3))
+            child = (a + self.f * (b - d)).clamp(min=lo, max=hi)
+            keep_rows = (~won).nonzero().squeeze(1)  # only images not yet fooled evolve
+            cf, cs = self._fitness(model, x[active[keep_rows]].repeat_interleave(pop, 0),
+                                   y[active[keep_rows]].repeat_interleave(pop),
+                                   child[keep_rows].reshape(-1, k, 2 + c))
+            cf, cs = cf.view(-1, pop), cs.view(-1, pop)
+            better = (cf <= fit[keep_rows]) | cs
+            sub_pop, sub_fit, sub_succ = popu[keep_rows], fit[keep_rows], succ[keep_rows]
+            sub_pop[better] = child[keep_rows][better]
+            sub_fit[better] = cf[better]
+            sub_succ[better] = cs[better]
+            popu[keep_rows], fit[keep_rows], succ[keep_rows] = sub_pop, sub_fit, sub_succ
+        # per image: a successful candidate if any, else the fittest
+        score = fit - succ.float() * 10.0
+        idx = score.argmin(1)
+        chosen = popu[torch.arange(na, device=x.device), idx]
+        x_adv = x.clone()
+        x_adv[active] = self.apply(x[active], chosen)
+        # the success reported is the model's verdict on the returned images
+        pred_adv = model(x_adv).argmax(1)
+        ok = (pred_adv == y) if self.targeted else (pred_adv != y)
+        return AttackResult(x_adv, ok)

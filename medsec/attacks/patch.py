@@ -16,8 +16,9 @@ import math
 import torch
 from torch import Tensor, nn
 
-from medsec.attacks.survey_common import check_batch, frozen, generator
+from medsec.attacks.core import AttackResult, CompositeAttack, attack_generator, check_batch, guarded
 from medsec.errors import MedsecError
+from medsec.models.inference import batched
 
 
 def patch_side(size: float, h: int, w: int) -> int:
@@ -31,7 +32,7 @@ def patch_side(size: float, h: int, w: int) -> int:
     return side
 
 
-class AdversarialPatch:
+class AdversarialPatch(CompositeAttack):
     """A universal square patch pasted at random positions.
 
     size: fraction of the image area (< 1) or side in pixels (>= 1). target_class: None = untargeted.
@@ -41,6 +42,7 @@ class AdversarialPatch:
     """
 
     name = "patch"
+    batch_size: int
 
     def __init__(self, size: float = 0.05, target_class: int | None = None, steps: int = 300, lr: float = 0.05,
                  batch_size: int = 64, seed: int | None = 0) -> None:
@@ -48,6 +50,7 @@ class AdversarialPatch:
             raise MedsecError(f"AdversarialPatch: size must be positive, got {size!r}")
         if steps < 1 or batch_size < 1 or not lr > 0:
             raise MedsecError("AdversarialPatch: steps and batch_size must be >= 1 and lr > 0")
+        super().__init__(targeted=target_class is not None, seed=seed, train_mode="eval")
         self.size, self.target_class, self.steps, self.lr = float(size), target_class, int(steps), float(lr)
         self.batch_size, self.seed = int(batch_size), seed
         self.patch: Tensor | None = None  # (C, s, s) in [0, 1] once fitted
@@ -92,11 +95,11 @@ class AdversarialPatch:
         y = y.to(x.device)
         _, c, h, w = x.shape
         side = patch_side(self.size, h, w)
-        gen = generator(self.seed, x.device)
+        gen = attack_generator(self.seed, x.device)
         patch = torch.rand(c, side, side, generator=gen, device=x.device).requires_grad_(True)
         opt = torch.optim.Adam([patch], lr=self.lr)
         n = x.shape[0]
-        with frozen(model):
+        with guarded([model], "eval"):
             for _ in range(self.steps):
                 idx = torch.randint(0, n, (min(self.batch_size, n),), generator=gen, device=x.device)
                 pos = self.random_positions(len(idx), side, h, w, gen, x.device)
@@ -126,12 +129,16 @@ class AdversarialPatch:
         _, _, h, w = x.shape
         patch_side(side, h, w)
         if positions is None:
-            gen = generator(self.seed if seed is None else seed, x.device)
+            gen = attack_generator(self.seed if seed is None else seed, x.device)
             positions = self.random_positions(x.shape[0], side, h, w, gen, x.device)
         return self.paste(x, self.patch.to(x.device), positions.to(x.device))
 
-    def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        """x with the patch pasted at random positions (fits the patch on (x, y) first if unfitted)."""
+    def _compose(self, model: nn.Module, x: Tensor, y: Tensor) -> AttackResult:
+        """x with the patch pasted at random positions (fits the patch on (x, y) first if unfitted);
+        success: the prediction leaves y (untargeted) or reaches the target class."""
         if self.patch is None:
             self.fit(model, x, y)
-        return self.apply(x)[0]
+        x_adv = self.apply(x)[0]
+        pred = batched(model, x_adv).argmax(1)
+        ok = pred != y if self.target_class is None else pred == int(self.target_class)
+        return AttackResult(x_adv, ok, {"patch": self.patch})

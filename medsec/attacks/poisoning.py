@@ -38,9 +38,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from medsec.attacks.survey_common import batched_logits, check_batch, frozen
+from medsec.attacks.core import AttackResult, CompositeAttack, check_batch, guarded
 from medsec.data.base import MedicalDataset, Split
 from medsec.errors import MedsecError
+from medsec.models.inference import batched
 
 
 @dataclass
@@ -70,7 +71,7 @@ def _to_uint8(x: Tensor) -> np.ndarray:
 # BadNets
 # ------------------------------------------------------------------------------------------------------------
 
-class BadNets:
+class BadNets(CompositeAttack):
     """Backdoor by poisoning: stamp a trigger on `rate` of the training set and relabel to `target_class`.
 
     rate: poisoning rate p in [0, 1] (fraction of the whole training set). trigger_size: side of the
@@ -82,6 +83,7 @@ class BadNets:
     """
 
     name = "badnets"
+    seed: int
 
     def __init__(self, rate: float = 0.05, target_class: int = 0, trigger_size: float = 0.1,
                  pattern: str = "checkerboard", position: str = "bottom-right", poison_val: bool = True,
@@ -94,6 +96,7 @@ class BadNets:
             raise MedsecError(f"BadNets: unknown trigger position {position!r}")
         if not trigger_size > 0:
             raise MedsecError(f"BadNets: trigger_size must be positive, got {trigger_size!r}")
+        super().__init__(targeted=True, seed=seed, train_mode="eval")
         self.rate, self.target_class, self.trigger_size = float(rate), int(target_class), float(trigger_size)
         self.pattern, self.position, self.seed = pattern, position, int(seed)
         self.poison_val = bool(poison_val)
@@ -129,9 +132,10 @@ class BadNets:
         vals, mask = self.trigger_mask(*x.shape[1:])
         return torch.where(mask.to(x.device), vals.to(x.device, x.dtype), x)
 
-    def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        """The test-time half of the attack: x with the trigger (the model is not used)."""
-        return self.stamp(x)
+    def _compose(self, model: nn.Module, x: Tensor, y: Tensor) -> AttackResult:
+        """The test-time half of the attack: x with the trigger; success: the model predicts the target class."""
+        x_adv = self.stamp(x)
+        return AttackResult(x_adv, batched(model, x_adv).argmax(1) == self.target_class)
 
     def poison(self, data: MedicalDataset) -> PoisonedData:
         """A copy of `data` whose training split (and validation split, with poison_val) has
@@ -164,8 +168,8 @@ class BadNets:
         keep = y != self.target_class
         if not bool(keep.any()):
             raise MedsecError("BadNets: no test image outside the target class to measure the trigger on")
-        with frozen(model):
-            pred = batched_logits(model, self.stamp(x[keep])).argmax(1)
+        with guarded([model], "eval"):
+            pred = batched(model, self.stamp(x[keep]), 512).argmax(1)
         return float((pred == self.target_class).float().mean())
 
 
@@ -206,7 +210,7 @@ class FeatureCollision:
         feats = getattr(model, "features", None)
         if feats is None:
             raise MedsecError(f"FeatureCollision: {type(model).__name__} has no features(x) method")
-        with frozen(model):
+        with guarded([model], "eval"):
             ft = feats(target[:1]).detach()
             d_in = bases[0].numel()
             base = (1 - self.opacity) * bases + self.opacity * target[:1]
@@ -252,7 +256,7 @@ class FeatureCollision:
         train = Split(pixels=np.concatenate([tr.pixels, _to_uint8(poisons)]),
                       targets=np.concatenate([tr.targets, np.full(self.n_poisons, base_class, tr.targets.dtype)]),
                       patient_ids=pid, extra=extra)
-        with frozen(model):
+        with guarded([model], "eval"):
             dist = (model.features(poisons) - model.features(target_x)).norm(dim=1)  # type: ignore[operator]
         info = {"target_index": int(target_index), "target_class": t_class, "base_class": int(base_class),
                 "base_indices": base_idx.tolist(), "feature_distance": [float(d) for d in dist],

@@ -15,11 +15,12 @@ import math
 import torch
 from torch import Tensor, nn
 
-from medsec.attacks.survey_common import batched_logits, check_batch, frozen, generator
+from medsec.attacks.core import AttackResult, CompositeAttack, attack_generator, check_batch, guarded
 from medsec.errors import MedsecError
+from medsec.models.inference import batched
 
 
-class UniversalPerturbation:
+class UniversalPerturbation(CompositeAttack):
     """One L_inf perturbation of size <= eps (in [0, 1] pixel units) for a whole dataset.
 
     epochs: passes over the fitting images; alpha: step size (default eps / 10); batch_size: images per
@@ -28,6 +29,8 @@ class UniversalPerturbation:
     """
 
     name = "uap"
+    eps: float
+    batch_size: int
 
     def __init__(self, eps: float = 0.03, epochs: int = 10, alpha: float | None = None, batch_size: int = 64,
                  loss_clamp: float = 10.0, seed: int | None = 0) -> None:
@@ -35,6 +38,7 @@ class UniversalPerturbation:
             raise MedsecError(f"UniversalPerturbation: eps must be in (0, 1] (pixel units), got {eps!r}")
         if epochs < 1 or batch_size < 1:
             raise MedsecError("UniversalPerturbation: epochs and batch_size must be >= 1")
+        super().__init__(seed=seed, train_mode="eval")
         self.eps, self.epochs, self.batch_size = float(eps), int(epochs), int(batch_size)
         self.alpha = float(alpha) if alpha is not None else self.eps / 10
         if not self.alpha > 0:
@@ -50,9 +54,9 @@ class UniversalPerturbation:
         x = check_batch(x, y)
         y = y.to(x.device)
         n = x.shape[0]
-        gen = generator(self.seed, x.device)
+        gen = attack_generator(self.seed, x.device)
         delta = ((torch.rand(x.shape[1:], generator=gen, device=x.device) * 2 - 1) * self.eps)
-        with frozen(model):
+        with guarded([model], "eval"):
             for _ in range(self.epochs):
                 perm = torch.randperm(n, generator=gen, device=x.device)
                 for i in range(0, n, self.batch_size):
@@ -82,15 +86,16 @@ class UniversalPerturbation:
             raise MedsecError(f"the perturbation has shape {tuple(d.shape)} but the images {tuple(x.shape[1:])}")
         return (x + d).clamp(0.0, 1.0)
 
-    def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        """x plus the universal perturbation (fitted on (x, y) first if unfitted)."""
+    def _compose(self, model: nn.Module, x: Tensor, y: Tensor) -> AttackResult:
+        """x plus the universal perturbation (fitted on (x, y) first if unfitted); success: misclassified."""
         if self.delta is None:
             self.fit(model, x, y)
-        return self.apply(x)
+        x_adv = self.apply(x)
+        return AttackResult(x_adv, batched(model, x_adv).argmax(1) != y, {"perturbation": self.perturbation})
 
     def fooling_rate(self, model: nn.Module, x: Tensor) -> float:
         """Fraction of images x whose predicted class changes when the perturbation is added."""
-        with frozen(model):
-            clean = batched_logits(model, check_batch(x)).argmax(1)
-            adv = batched_logits(model, self.apply(x)).argmax(1)
+        with guarded([model], "eval"):
+            clean = batched(model, check_batch(x), 512).argmax(1)
+            adv = batched(model, self.apply(x), 512).argmax(1)
         return float((clean != adv).float().mean())

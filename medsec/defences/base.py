@@ -37,7 +37,10 @@ from medsec.config import TrainConfig
 from medsec.data.base import MedicalDataset
 from medsec.defences.nets import build_network, network_spec
 from medsec.errors import MedsecError
-from medsec.evaluation.metrics import threshold_at_fpr
+from medsec.metrics import threshold_at_fpr
+from medsec.metrics.system import handled as system_handled
+from medsec.models.checkpoint import load_saved
+from medsec.models.inference import batched, module_device
 from medsec.paths import atomic_path
 
 SAVE_FORMAT = 1
@@ -54,20 +57,30 @@ def register_defence(cls: type[Defence]) -> type[Defence]:
     return cls
 
 
-@torch.no_grad()
-def batched(fn: Any, x: torch.Tensor, batch_size: int = 256, device: torch.device | str | None = None) -> torch.Tensor:
-    """fn applied to x in batches (moved to `device` if given) without gradients, concatenated on CPU."""
-    return torch.cat([fn(x[i:i + batch_size].to(device) if device is not None else x[i:i + batch_size])
-                      .detach().cpu() for i in range(0, len(x), batch_size)])
+def exposed(defence: Any) -> dict[str, Any]:
+    """What a defence exposes to adaptive attacks (``defence.exposed()``), or {} when it exposes nothing."""
+    fn = getattr(defence, "exposed", None)
+    if not callable(fn):
+        return {}
+    try:
+        got = fn()
+    except Exception as e:  # a user defence whose exposed() fails is still attackable as a black box
+        raise MedsecError(f"{type(defence).__name__}.exposed() failed: {e}") from e
+    if not isinstance(got, dict):
+        raise MedsecError(f"{type(defence).__name__}.exposed() must return a dict, got {type(got).__name__}")
+    return got
 
 
-def module_device(m: nn.Module) -> torch.device:
-    """The device of a module's first parameter or buffer (CPU if it has none)."""
-    for p in m.parameters():
-        return p.device
-    for b in m.buffers():
-        return b.device
-    return torch.device("cpu")
+def is_detector(defence: Any) -> bool:
+    """True when the defence rejects inputs (it has ``detect(x)``)."""
+    return bool(getattr(defence, "is_detector", False)) and callable(getattr(defence, "detect", None))
+
+
+def rejected(defence: Any, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """(N,) bool on x's device: inputs the defence's detector rejects (all False without a detector)."""
+    if not is_detector(defence):
+        return torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    return batched(lambda xb: defence.detect(xb).bool().reshape(-1), x, batch_size).to(x.device)
 
 
 class Defence(nn.Module):
@@ -135,13 +148,8 @@ class Defence(nn.Module):
 def load_defence(path: str | Path, map_location: str | torch.device = "cpu") -> Defence:
     """Rebuild a defence written by `Defence.save` (any registered kind), fitted and in eval mode."""
     p = Path(path)
-    if not p.is_file():
-        raise MedsecError(f"defence file {p} does not exist")
-    try:
-        blob = torch.load(p, map_location=map_location, weights_only=True)
-        kind = blob["kind"]
-    except Exception as e:
-        raise MedsecError(f"defence file {p} is unreadable: {e}") from e
+    blob = load_saved(p, "defence file", map_location)
+    kind = blob.get("kind")
     if kind not in REGISTRY:
         raise MedsecError(f"defence file {p} holds an unknown defence kind {kind!r}; known: {', '.join(REGISTRY)}")
     try:
@@ -187,7 +195,7 @@ class Detector(Defence):
 
     def calibrate(self, x_clean_train: torch.Tensor, batch_size: int = 256) -> float:
         """Fix the threshold so a fraction `fpr` of these clean training images is rejected."""
-        return self._set_threshold(batched(self._score, x_clean_train, batch_size, module_device(self)))
+        return self._set_threshold(batched(self._score, x_clean_train, batch_size, module_device(self), cpu=True))
 
     def _set_threshold(self, clean_scores: torch.Tensor) -> float:
         """threshold = the (1 - fpr) quantile of clean training scores (flag when score > threshold)."""
@@ -257,18 +265,12 @@ class TrainedNetworkDefence(Defence):
 
 def handled(defence: Defence, x: torch.Tensor, y: torch.Tensor, *, adversarial: bool,
             batch_size: int = 256) -> torch.Tensor:
-    """Per input, whether the defended system handles it correctly (Levy et al.'s accuracy for detectors).
-
-    Clean input: accepted by the detector (if any) and correctly classified. Adversarial input: rejected
-    by the detector, or accepted and still correctly classified. Classification (N,) labels only.
-    """
+    """Per input, whether the defended system handles it correctly (Levy et al.'s accuracy for detectors; see
+    :mod:`medsec.metrics.system`). Classification (N,) labels only."""
     dev = module_device(defence)
-    pred = batched(defence.predict, x, batch_size, dev).argmax(1)
-    correct = pred == y.cpu()
-    if not defence.is_detector:
-        return correct
-    rejected = batched(defence.detect, x, batch_size, dev).bool()  # type: ignore[attr-defined]
-    return (rejected | correct) if adversarial else (~rejected & correct)
+    out = batched(defence.predict, x, batch_size, dev, cpu=True)
+    rej = rejected(defence, x.to(dev), batch_size).cpu() if is_detector(defence) else None
+    return system_handled(out, y.cpu(), "classification", adversarial=adversarial, rejected=rej).bool()
 
 
 def defended_accuracy(defence: Defence, x: torch.Tensor, y: torch.Tensor, *, adversarial: bool) -> float:

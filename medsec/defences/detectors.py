@@ -19,10 +19,12 @@ import torch
 from torch import nn
 
 from medsec.data.base import MedicalDataset
-from medsec.defences.base import ClassifierDetector, batched, module_device, register_defence
+from medsec.defences.base import ClassifierDetector, register_defence
 from medsec.defences.gaussian import Gaussian
 from medsec.defences.nets import attach_spec, build_network, network_spec, spec_from_meta
 from medsec.errors import MedsecError
+from medsec.models.inference import batched, module_device
+from medsec.models.victims import Victim
 
 
 class FeatureDetector(ClassifierDetector):
@@ -42,7 +44,7 @@ class FeatureDetector(ClassifierDetector):
         self.batch_size = batch_size
 
     @classmethod
-    def from_victim(cls, victim: Any, **kwargs: Any) -> FeatureDetector:
+    def from_victim(cls, victim: Victim, **kwargs: Any) -> FeatureDetector:
         """Wrap a foundation `Victim` (its model and checkpoint metadata)."""
         attach_spec(victim.model, spec_from_meta(victim.meta))
         return cls(victim.model, **kwargs)
@@ -50,7 +52,7 @@ class FeatureDetector(ClassifierDetector):
     def fit(self, data: MedicalDataset, **kwargs: Any) -> FeatureDetector:
         """Fit the detector on features of the clean training images and fix the threshold."""
         self.eval()
-        feats = batched(self.classifier.features, data.train.images(), self.batch_size, module_device(self))
+        feats = batched(self.classifier.features, data.train.images(), self.batch_size, module_device(self), cpu=True)
         self.fit_features(feats)
         return self
 

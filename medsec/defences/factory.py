@@ -21,7 +21,7 @@ from medsec.defences.ensemble import Ensemble
 from medsec.defences.gmm import GMM
 from medsec.defences.rbf import RBF
 from medsec.errors import MedsecError
-from medsec.evaluation.victims import Victim, get_victim, resolve_device
+from medsec.models.victims import Victim, get_victim, resolve_device
 from medsec.paths import cache_root
 
 log = logging.getLogger(__name__)

@@ -31,11 +31,13 @@ from torch import nn
 
 from medsec.config import TrainConfig
 from medsec.data.base import MedicalDataset
-from medsec.defences.base import ClassifierDetector, batched, module_device, register_defence
+from medsec.defences.base import ClassifierDetector, register_defence
 from medsec.defences.ensemble import fgsm_training_loss
 from medsec.defences.gaussian import Gaussian
 from medsec.defences.nets import attach_spec, build_network, network_spec, spec_from_meta
 from medsec.errors import MedsecError
+from medsec.models.inference import batched, module_device
+from medsec.models.victims import Victim
 
 
 @register_defence
@@ -73,7 +75,7 @@ class GMM(ClassifierDetector):
         self.register_buffer("class_offsets", torch.zeros(self.num_classes))
 
     @classmethod
-    def from_victim(cls, victim: Any, **kwargs: Any) -> GMM:
+    def from_victim(cls, victim: Victim, **kwargs: Any) -> GMM:
         """A GMM defence starting from a copy of a foundation victim (the victim itself is not modified)."""
         net = copy.deepcopy(victim.model)
         attach_spec(net, spec_from_meta(victim.meta))
@@ -115,8 +117,8 @@ class GMM(ClassifierDetector):
         self.eval()
         x, y = data.train.images(), data.train.target_tensor()
         dev = module_device(self)
-        feats = batched(self.classifier.features, x, self.batch_size, dev)
-        logits = batched(self.classifier, x, self.batch_size, dev)
+        feats = batched(self.classifier.features, x, self.batch_size, dev, cpu=True)
+        logits = batched(self.classifier, x, self.batch_size, dev, cpu=True)
         self.fit_features(feats, y, logits)
         return self
 

@@ -4,7 +4,6 @@ The gate's one entry point is `check(path, trust) -> Verdict` (`require_signed` 
 `sign_file` and `keygen` make signed files; `verify_dicom` gives per-signature reports.
 """
 
-from medsec.integrity.demo import tamper_demo, tamper_demo_markdown
 from medsec.integrity.gate import (
     EXIT_CODES,
     AuditLog,
@@ -17,6 +16,16 @@ from medsec.integrity.gate import (
 )
 from medsec.integrity.keys import TrustStore, keygen, load_certificate, load_private_key
 from medsec.integrity.signature import SignatureReport, sign_file, verify_dicom
+
+
+def __getattr__(name: str) -> object:
+    """The tamper demo (numpy, pydicom) is imported on first use, so `medsec verify` starts fast."""
+    if name in ("tamper_demo", "tamper_demo_markdown"):
+        from medsec.integrity import demo
+
+        return getattr(demo, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "EXIT_CODES",

@@ -34,6 +34,7 @@ EXIT_CODES: dict[str, int] = {
     "cert-time": 14,
     "pixels-not-covered": 15,
     "unsupported": 16,
+    "timestamp": 17,
 }
 REASON_TEXT: dict[str, str] = {
     "ok": "valid trusted signature covering Pixel Data and the SOP/Study/Series Instance UIDs",
@@ -45,6 +46,8 @@ REASON_TEXT: dict[str, str] = {
     "pixels-not-covered": "valid trusted signature(s), but none covers Pixel Data, its interpretation "
     "attributes (Rows, Columns, bits, photometric interpretation, ...) and the SOP/Study/Series Instance UIDs",
     "unsupported": "a signature uses an algorithm this machine cannot check (e.g. RIPEMD-160 missing)",
+    "timestamp": "a certified timestamp (RFC 3161) does not verify: altered, issued for another signature, "
+    "or its timestamp authority is not trusted",
 }
 
 
@@ -102,6 +105,9 @@ def decide(reports: list[SignatureReport]) -> tuple[str, str, str | None]:
     trusted = [r for r in reports if r.trusted]
     if not trusted:
         return "untrusted", reports[0].reason, reports[0].signer
+    for r in reports:
+        if r.timestamp is not None and not r.timestamp["valid"]:
+            return "timestamp", f"signature {r.uid or '?'} ({r.location}): {r.timestamp['reason']}", r.signer
     in_time = [r for r in trusted if r.time_valid]
     if not in_time:
         return "cert-time", trusted[0].reason, trusted[0].signer
@@ -117,34 +123,48 @@ def _trust(trust: TrustStore | str | Path | None) -> TrustStore | None:
     return TrustStore.load(trust)
 
 
-def check_parsed(df: rd.DicomFile, trust: TrustStore | None, at: dt.datetime | None = None) -> Verdict:
-    """The verdict for an already-parsed file."""
-    reports = verify_dicom(df, trust, at)
+def check_parsed(df: rd.DicomFile, trust: TrustStore | None, at: dt.datetime | None = None,
+                 tsa_trust: TrustStore | None = None) -> Verdict:
+    """The verdict for an already-parsed file (certified timestamps checked against `tsa_trust`,
+    default `trust`)."""
+    reports = verify_dicom(df, trust, at, tsa_trust)
     reason, message, signer = decide(reports)
     return Verdict(df.source, reason, message, df.text(0x00080018), signer, reports)
 
 
 def check_bytes(data: bytes, trust: TrustStore | str | Path | None, source: str = "<bytes>",
-                at: dt.datetime | None = None) -> Verdict:
+                at: dt.datetime | None = None, tsa_trust: TrustStore | str | Path | None = None) -> Verdict:
     """The verdict for a Part-10 file held in memory (e.g. received over the network)."""
     store = _trust(trust)
     try:
         df = rd.parse(data, source)
     except UnreadableFileError as e:
         return Verdict(source, "unreadable", str(e))
-    return check_parsed(df, store, at)
+    return check_parsed(df, store, at, _trust(tsa_trust))
 
 
-def check(path: str | Path, trust: TrustStore | str | Path | None, at: dt.datetime | None = None) -> Verdict:
+def check(path: str | Path, trust: TrustStore | str | Path | None, at: dt.datetime | None = None,
+          tsa_trust: TrustStore | str | Path | None = None) -> Verdict:
     """THE gate: verify every signature of the DICOM file at `path` against `trust` (a TrustStore, a
-    certificate file or a folder of them) and decide whether its pixels may be used. Never raises for a
-    bad file: unreadable input gives reason 'unreadable'."""
+    certificate file or a folder of them) and decide whether its pixels may be used. Certified timestamps
+    are checked against `tsa_trust` when given, else `trust`. Never raises for a bad file: unreadable
+    input gives reason 'unreadable'."""
     store = _trust(trust)
     try:
         df = rd.read(str(path))
     except UnreadableFileError as e:
         return Verdict(str(path), "unreadable", str(e))
-    return check_parsed(df, store, at)
+    return check_parsed(df, store, at, _trust(tsa_trust))
+
+
+def with_timestamp_required(v: Verdict) -> Verdict:
+    """`v`, or when it accepts the file but no accepting signature (valid, trusted, covering the pixels)
+    carries a valid certified timestamp, a refusal with reason 'timestamp' (dcmsign's --require-ts)."""
+    if not v.ok or any(s.status == "valid" and s.covers_pixels_and_uids and s.timestamp and s.timestamp["valid"]
+                       for s in v.signatures):
+        return v
+    return Verdict(v.file, "timestamp", "a certified timestamp is required and no accepted signature carries one",
+                   v.sop_instance_uid, v.signer, v.signatures)
 
 
 class AuditLog:
@@ -164,11 +184,19 @@ class AuditLog:
             "signer": verdict.signer,
             **extra,
         }
+        return self.append(rec)
+
+    def append(self, rec: dict[str, Any]) -> dict[str, Any]:
+        """Append one record (a JSON object on one line; `time` is added when missing)."""
+        if "time" not in rec:
+            rec = {"time": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"), **rec}
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-            with os.fdopen(fd, "a", encoding="utf-8") as f:
-                f.write(json.dumps(rec) + "\n")
+            try:  # one write() of the whole line: concurrent writers (threads, processes) never interleave
+                os.write(fd, (json.dumps(rec) + "\n").encode())
+            finally:
+                os.close(fd)
         except OSError as e:
             raise IntegrityError(f"cannot write audit log {self.path}: {e.strerror or e}") from e
         return rec
@@ -183,20 +211,27 @@ class AuditLog:
 class Gate:
     """A trust store plus an optional audit log: call it on a path (or `check_bytes`) for a verdict."""
 
-    def __init__(self, trust: TrustStore | str | Path, audit_log: str | Path | None = None) -> None:
+    def __init__(self, trust: TrustStore | str | Path, audit_log: str | Path | None = None,
+                 require_timestamp: bool = False, tsa_trust: TrustStore | str | Path | None = None) -> None:
         store = _trust(trust)
         assert store is not None
         self.trust = store
         self.audit = AuditLog(audit_log) if audit_log is not None else None
+        self.require_timestamp = require_timestamp
+        self.tsa_trust = _trust(tsa_trust)  # TSAs of certified timestamps; None: the signers' trust store
 
     def __call__(self, path: str | Path) -> Verdict:
-        v = check(path, self.trust)
+        v = check(path, self.trust, tsa_trust=self.tsa_trust)
+        if self.require_timestamp:
+            v = with_timestamp_required(v)
         if self.audit is not None:
             self.audit.write(v)
         return v
 
     def check_bytes(self, data: bytes, source: str) -> Verdict:
-        v = check_bytes(data, self.trust, source)
+        v = check_bytes(data, self.trust, source, tsa_trust=self.tsa_trust)
+        if self.require_timestamp:
+            v = with_timestamp_required(v)
         if self.audit is not None:
             self.audit.write(v)
         return v

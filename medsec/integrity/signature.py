@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import os
 import re
 import struct
+import uuid
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +30,7 @@ from medsec.integrity.errors import (
     CertificateValidityError,
     IntegrityError,
     ProfileError,
+    TimestampError,
 )
 from medsec.integrity.keys import (
     PrivateKey,
@@ -53,6 +54,8 @@ from medsec.integrity.macstream import (
     SIGNATURE,
     SIGNATURE_DATETIME,
     SIGNATURE_UID,
+    TIMESTAMP,
+    TIMESTAMP_TYPE,
     is_signable,
     is_signable_tag,
     mac_available,
@@ -202,6 +205,12 @@ class SignResult:
     datetime: str
 
 
+def uuid_uid() -> str:
+    """A new UID derived from a random UUID (PS3.5 B.2: '2.25.' + the UUID as a decimal integer); needs
+    no registered root and no pydicom import (so `medsec sign` starts fast)."""
+    return f"2.25.{uuid.uuid4().int}"
+
+
 def _us(v: int) -> bytes:
     return struct.pack("<H", v)
 
@@ -235,8 +244,6 @@ def sign_dicom(
     uid: str | None = None,
 ) -> SignResult:
     """Add one signature to `df` in memory (main data set, or the item at `item`); see `sign_file`."""
-    from pydicom.uid import generate_uid
-
     mac = normalize_mac(mac)
     if mac not in SIGNABLE_MACS:
         raise ProfileError(f"--mac {mac}: not offered for new signatures (choose from {', '.join(SIGNABLE_MACS)})")
@@ -280,7 +287,7 @@ def sign_dicom(
             if e is not None and len(e.value) >= 2:
                 used.add(struct.unpack("<H", e.value[:2])[0])
     mac_id = max(used) + 1 if used else 0
-    sig_uid = uid or generate_uid()
+    sig_uid = uid or uuid_uid()
     stamp = _dicom_datetime(when)
     cert_der = cert.public_bytes(serialization.Encoding.DER)
     sig_elements = [
@@ -342,18 +349,20 @@ def sign_file(
     df = rd.read(str(in_path))
     tag_ints = [parse_tag(t) if isinstance(t, str) else int(t) for t in tags] if tags else None
     res = sign_dicom(df, k, c, profile=profile, mac=mac, tags=tag_ints, item=item, now=now)
-    out = Path(out_path)
-    data = rd.serialize(df)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_bytes(data)
-        os.replace(tmp, out)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise IntegrityError(f"cannot write {out}: {e.strerror or e}") from e
-    res.output = out
+    res.output = _write(df, out_path)
     return res
+
+
+def _write(df: rd.DicomFile, out_path: str | Path) -> Path:
+    """Serialise `df` to `out_path` atomically (no reader ever sees a half-written file)."""
+    from medsec.paths import write_bytes_atomic
+
+    out = Path(out_path)
+    try:
+        write_bytes_atomic(out, rd.serialize(df))
+    except OSError as e:
+        raise IntegrityError(f"cannot write {out}: {e.strerror or e}") from e
+    return out
 
 
 # ---------------------------------------------------------------- verification
@@ -381,6 +390,7 @@ class SignatureReport:
     covers_pixels_and_uids: bool = False
     status: Status = "malformed"
     reason: str = ""
+    timestamp: dict[str, Any] | None = None  # the Certified Timestamp's TimestampReport, when there is one
 
     def as_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -451,8 +461,9 @@ def _covers(dataset: rd.Item, signed: set[int]) -> bool:
 
 
 def verify_dataset(dataset: rd.Item, location: str, trust: TrustStore | None,
-                   at: dt.datetime | None = None) -> list[SignatureReport]:
-    """Verify every signature held directly by `dataset` (not those in its sequence items)."""
+                   at: dt.datetime | None = None, tsa_trust: TrustStore | None = None) -> list[SignatureReport]:
+    """Verify every signature held directly by `dataset` (not those in its sequence items); certified
+    timestamps against `tsa_trust` (default: `trust`)."""
     sig_seq = dataset.find(DIGITAL_SIGNATURES_SEQ)
     if sig_seq is None or not sig_seq.items:
         return []
@@ -530,6 +541,8 @@ def verify_dataset(dataset: rd.Item, location: str, trust: TrustStore | None,
         if not rep.crypto_valid:
             rep.status, rep.reason = "tampered", "signature does not match the signed elements (content changed)"
             continue
+        if sig_item.find(TIMESTAMP_TYPE) is not None or sig_item.find(TIMESTAMP) is not None:
+            rep.timestamp = _check_timestamp(sig_item, cert, tsa_trust or trust).as_dict()
         if trust is None:
             rep.status, rep.reason = "untrusted", "no trust store given"
             continue
@@ -544,23 +557,163 @@ def verify_dataset(dataset: rd.Item, location: str, trust: TrustStore | None,
     return reports
 
 
-def _walk(dataset: rd.Item, location: str) -> Iterable[tuple[rd.Item, str]]:
-    yield dataset, location
-    from pydicom.datadict import keyword_for_tag
+Path_ = tuple[tuple[int, int], ...]  # (sequence tag, item index) steps from the main data set
 
+
+def _walk(dataset: rd.Item, path: Path_ = ()) -> Iterable[tuple[rd.Item, Path_]]:
+    """The data set and every sequence item below it (signature sequences excluded), with their path."""
+    yield dataset, path
     for el in dataset.elements:
         if el.items is None or el.tag in (MAC_PARAMETERS_SEQ, DIGITAL_SIGNATURES_SEQ):
             continue
-        name = keyword_for_tag(el.tag) or rd.tag_str(el.tag)
         for i, it in enumerate(el.items):
-            sub = f"{name}[{i}]" if location == "main" else f"{location}.{name}[{i}]"
-            yield from _walk(it, sub)
+            yield from _walk(it, (*path, (el.tag, i)))
 
 
-def verify_dicom(df: rd.DicomFile, trust: TrustStore | None, at: dt.datetime | None = None) -> list[SignatureReport]:
-    """Verify every signature in the file: main data set and sequence items, in file order."""
+def _location(path: Path_) -> str:
+    """'main', or 'Keyword[i].Keyword[j]' (pydicom's dictionary is loaded only for item signatures)."""
+    if not path:
+        return "main"
+    from pydicom.datadict import keyword_for_tag
+
+    return ".".join(f"{keyword_for_tag(t) or rd.tag_str(t)}[{i}]" for t, i in path)
+
+
+def verify_dicom(df: rd.DicomFile, trust: TrustStore | None, at: dt.datetime | None = None,
+                 tsa_trust: TrustStore | None = None) -> list[SignatureReport]:
+    """Verify every signature in the file: main data set and sequence items, in file order; certified
+    timestamps against `tsa_trust` (default: `trust`)."""
     out: list[SignatureReport] = []
-    for ds, loc in _walk(df.dataset, "main"):
-        out.extend(verify_dataset(ds, loc, trust, at))
+    for ds, path in _walk(df.dataset):
+        if ds.find(DIGITAL_SIGNATURES_SEQ) is not None:
+            out.extend(verify_dataset(ds, _location(path), trust, at, tsa_trust))
     return out
 
+
+
+# ---------------------------------------------------------------- certified timestamps (RFC 3161)
+
+
+def stamped_value(sig_item: rd.Item) -> bytes:
+    """The bytes a certified timestamp's message imprint covers: the Signature (0400,0120) value, for
+    ECDSA without the even-length pad byte (as dcmsign)."""
+    sig_el = sig_item.find(SIGNATURE)
+    if sig_el is None or len(sig_el.value) < 4:
+        raise TimestampError("the signature item holds no Signature (0400,0120) to timestamp")
+    cert_el = sig_item.find(CERTIFICATE_OF_SIGNER)
+    is_rsa = True
+    if cert_el is not None:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                is_rsa = isinstance(x509.load_der_x509_certificate(der_trim(cert_el.value)).public_key(),
+                                    rsa.RSAPublicKey)
+        except (ValueError, TypeError, UnsupportedAlgorithm, x509.InvalidVersion):
+            is_rsa = True
+    return sig_el.value if is_rsa else der_trim(sig_el.value)
+
+
+def _check_timestamp(sig_item: rd.Item, cert: x509.Certificate, trust: TrustStore | None) -> Any:
+    from medsec.integrity.timestamp import TIMESTAMP_TYPE_CMS, TimestampReport, verify_token
+
+    kind, token = _text(sig_item, TIMESTAMP_TYPE), sig_item.find(TIMESTAMP)
+    if kind != TIMESTAMP_TYPE_CMS:
+        return TimestampReport(False, f"Certified Timestamp Type {kind!r} is not {TIMESTAMP_TYPE_CMS}")
+    if token is None or not token.value:
+        return TimestampReport(False, "Certified Timestamp Type is set but the Certified Timestamp is missing")
+    return verify_token(der_trim(token.value), stamped_value(sig_item), trust, cert)
+
+
+@dataclass
+class SignatureRef:
+    """One signature of a file: the data set holding it, where that is, and its Digital Signatures item."""
+
+    dataset: rd.Item
+    location: str
+    item: rd.Item
+
+    @property
+    def uid(self) -> str | None:
+        return _text(self.item, SIGNATURE_UID)
+
+
+def signatures(df: rd.DicomFile) -> list[SignatureRef]:
+    """Every signature item of the file (main data set and sequence items), in file order."""
+    out: list[SignatureRef] = []
+    for ds, path in _walk(df.dataset):
+        seq = ds.find(DIGITAL_SIGNATURES_SEQ)
+        if seq is not None:
+            out.extend(SignatureRef(ds, _location(path), it) for it in seq.items or [])
+    return out
+
+
+def find_signature(df: rd.DicomFile, uid: str | None = None, matches: Any = None) -> SignatureRef:
+    """The signature with Digital Signature UID `uid`; else the one whose Signature value `matches`
+    accepts (a predicate on `stamped_value`); else the file's only (or newest main data set) signature."""
+    sigs = signatures(df)
+    if not sigs:
+        raise TimestampError(f"{df.source} carries no digital signature to timestamp")
+    if uid:
+        found = [s for s in sigs if s.uid == uid]
+        if not found:
+            raise TimestampError(f"{df.source} has no signature with UID {uid} "
+                                 f"(it has {', '.join(str(s.uid) for s in sigs)})")
+        return found[0]
+    if matches is not None:
+        found = [s for s in sigs if matches(stamped_value(s.item))]
+        if not found:
+            raise TimestampError(f"no signature of {df.source} is the one this timestamp was made for "
+                                 "(a request or response for another signature or file)")
+        return found[0]
+    main = [s for s in sigs if s.location == "main"]
+    return (main or sigs)[-1]
+
+
+def timestamp_request(path: str | Path, *, uid: str | None = None, mac: str = "SHA256", nonce: bool = True,
+                      cert_req: bool = True, policy: str | None = None) -> tuple[bytes, str]:
+    """(DER TimeStampReq, signature UID) for a signature of the signed file at `path` (by `uid`, else
+    the newest signature of the main data set), as `dcmsign --sign ... +ts` writes it."""
+    from medsec.integrity.timestamp import make_request
+
+    df = rd.read(str(path))
+    ref = find_signature(df, uid)
+    return make_request(stamped_value(ref.item), mac=mac, nonce=nonce, cert_req=cert_req, policy=policy), \
+        str(ref.uid)
+
+
+@dataclass
+class TimestampInsertResult:
+    """What `insert_timestamp` did."""
+
+    output: Path
+    uid: str
+    location: str
+    time: str | None
+
+
+def insert_timestamp(in_path: str | Path, out_path: str | Path, response: bytes, *,
+                     request: bytes | None = None, uid: str | None = None) -> TimestampInsertResult:
+    """Put the token of a TSA's response into its signature's item (Certified Timestamp Type CMS_TSP,
+    Certified Timestamp) and write the file to `out_path` atomically, like `dcmsign +t`.
+
+    The signature is the one with `uid`, else the one `request` (or the response) was made for. The
+    response must be granted, answer `request` when given, and carry that signature's imprint
+    (TimestampError otherwise: nothing is written). Its TSA is checked against a trust store by `verify`."""
+    from medsec.integrity.timestamp import (
+        TIMESTAMP_TYPE_CMS,
+        request_imprint_matches,
+        response_imprint_matches,
+        token_from_response,
+    )
+
+    df = rd.read(str(in_path))
+    if uid:
+        ref = find_signature(df, uid)
+    elif request is not None:
+        ref = find_signature(df, matches=lambda v: request_imprint_matches(request, v))
+    else:
+        ref = find_signature(df, matches=lambda v: response_imprint_matches(response, v))
+    token, time = token_from_response(response, stamped_value(ref.item), request)
+    rd.insert_element(ref.item, rd.make_element(TIMESTAMP_TYPE, "CS", TIMESTAMP_TYPE_CMS.encode()))
+    rd.insert_element(ref.item, rd.make_element(TIMESTAMP, "OB", token))
+    return TimestampInsertResult(_write(df, out_path), str(ref.uid), ref.location, time)

@@ -15,7 +15,8 @@ from torch import nn
 
 from medsec.config import TrainConfig
 from medsec.data.base import MedicalDataset, Split, Task
-from medsec.evaluation.metrics import PRIMARY_METRIC, task_metrics
+from medsec.metrics import PRIMARY_METRIC, task_metrics
+from medsec.models.inference import batched
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +58,10 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 256, devic
     """Model outputs for `images` in eval mode, batched, on CPU."""
     was_training = model.training
     model.eval()
-    outs = [model(images[i:i + batch_size].to(device)).float().cpu() for i in range(0, len(images), batch_size)]
-    model.train(was_training)
-    return torch.cat(outs)
+    try:
+        return batched(lambda xb: model(xb).float(), images, batch_size, device, cpu=True)
+    finally:
+        model.train(was_training)
 
 
 def evaluate_split(model: nn.Module, task: Task, split: Split, device: str | torch.device = "cpu") -> dict[str, float]:

@@ -100,3 +100,40 @@ def roc_figure(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], pa
     if title:
         ax.set_title(title, fontsize=9)
     return _save(fig, path)
+
+
+def heatmap(m: np.ndarray, row_labels: Sequence[str], col_labels: Sequence[str], path: str | Path, title: str,
+            xlabel: str, ylabel: str, colorbar: str) -> Path:
+    """A matrix of percentages as a heat map with its values written in the cells (NaN cells left blank)."""
+    import textwrap
+
+    fig, ax = plt.subplots(figsize=(max(5.5, 2.5 + 0.9 * len(col_labels)), max(3.5, 1.8 + 0.4 * len(row_labels))))
+    im = ax.imshow(m, cmap="viridis", vmin=0, vmax=max(100.0, float(np.nanmax(m)) if m.size else 100.0))
+    ax.set_xticks(range(len(col_labels)), col_labels, rotation=40, ha="right", fontsize=8)
+    ax.set_yticks(range(len(row_labels)), row_labels, fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    for i in range(m.shape[0]):
+        for j in range(m.shape[1]):
+            if m[i, j] == m[i, j]:
+                ax.text(j, i, f"{m[i, j]:.0f}", ha="center", va="center", fontsize=7,
+                        color="white" if m[i, j] < 60 else "black")
+    ax.set_title("\n".join(textwrap.wrap(title, 60)), fontsize=8)
+    fig.colorbar(im, ax=ax, label=colorbar)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def line_plot(lines: Mapping[str, Sequence[tuple[float, float]]], path: str | Path, xlabel: str, ylabel: str,
+              ylim: tuple[float, float] = (0, 100)) -> Path:
+    """One line per label through its (x, y) points (sorted by x)."""
+    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    for label, pts in lines.items():
+        pts = sorted(pts)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(*ylim)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)

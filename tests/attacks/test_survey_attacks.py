@@ -12,9 +12,9 @@ from medsec.attacks.poisoning import BadNets, FeatureCollision, retrain, retrain
 from medsec.attacks.universal import UniversalPerturbation
 from medsec.config import load_config
 from medsec.errors import MedsecError
-from medsec.evaluation.metrics import accuracy
-from medsec.evaluation.victims import get_victim
+from medsec.metrics import accuracy
 from medsec.models.training import predict
+from medsec.models.victims import get_victim
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,8 @@ def test_onepixel_changes_at_most_k_pixels_and_fools_some(victim):
     x, y = v.data.test.images()[:24], v.data.test.target_tensor()[:24]
     before = _params(v.model)
     for k in (1, 3):
-        x_adv, ok = OnePixel(pixels=k, popsize=20, iterations=5, seed=1).run(v.model, x, y)
+        res = OnePixel(pixels=k, popsize=20, iterations=5, seed=1).run(v.model, x, y)
+        x_adv, ok = res.x_adv, res.success
         changed = (x_adv != x).any(1).flatten(1).sum(1)  # pixels (all channels) changed per image
         assert int(changed.max()) <= k
         assert x_adv.shape == x.shape and float(x_adv.min()) >= 0 and float(x_adv.max()) <= 1
@@ -61,7 +62,7 @@ def test_onepixel_changes_at_most_k_pixels_and_fools_some(victim):
 def test_onepixel_more_pixels_fool_more(victim):
     _, v = victim
     x, y = v.data.test.images()[:24], v.data.test.target_tensor()[:24]
-    rates = [float(OnePixel(pixels=k, popsize=16, iterations=4, seed=0).run(v.model, x, y)[1].float().mean())
+    rates = [float(OnePixel(pixels=k, popsize=16, iterations=4, seed=0).run(v.model, x, y).success.float().mean())
              for k in (1, 40)]
     assert rates[1] >= rates[0]
 

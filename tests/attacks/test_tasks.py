@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from medsec.attacks import APGD, PGD, Dice
-from medsec.attacks.core import dice_per_sample, seg_prediction
+from medsec.metrics import dice_per_sample, seg_prediction
 
 
 def test_multilabel_top_finding_is_flipped(multilabel):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -157,8 +158,40 @@ def test_usage_errors_are_not_tracebacks(args: list[str]) -> None:
 
 
 def test_sign_to_unwritable_place(nested_file: Path, tmp_path: Path, rsa_signer) -> None:
+    (tmp_path / "out").write_text("a file, not a folder")
+    code, msg = run("sign", nested_file, tmp_path / "out" / "x.dcm", "--key", rsa_signer.key, "--cert", rsa_signer.cert)
+    assert code == 2 and "cannot write" in msg
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nested.dcm", "out"]
+
+
+def test_sign_into_an_existing_folder_keeps_the_name(nested_file: Path, tmp_path: Path, rsa_signer) -> None:
     (tmp_path / "out").mkdir()
     code, msg = run("sign", nested_file, tmp_path / "out", "--key", rsa_signer.key, "--cert", rsa_signer.cert)
-    assert code == 2 and "cannot write" in msg
-    assert list((tmp_path / "out").iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == [
-        "nested.dcm", "out"]
+    assert code == 0, msg
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["nested.dcm"]
+
+
+def test_sign_and_verify_folders_in_one_call(sample_dir: Path, tmp_path: Path, rsa_signer) -> None:
+    src = tmp_path / "in"
+    (src / "series1").mkdir(parents=True)
+    shutil.copy(sample_dir / "nested.dcm", src / "a.dcm")
+    shutil.copy(sample_dir / "rle.dcm", src / "series1" / "b.dcm")
+    (src / "series1" / "notes.txt").write_text("not DICOM")
+    out = tmp_path / "signed"
+    code, msg = run("sign", src, sample_dir / "rgb.dcm", out, "--key", rsa_signer.key, "--cert", rsa_signer.cert)
+    assert code == 10 and "FAILED" in msg and "notes.txt" in msg  # the failing file's own code
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert written == ["a.dcm", "rgb.dcm", "series1/b.dcm"]  # mirrored; nothing for the bad file, no temp files
+    r = runner.invoke(app, ["verify", str(out), "--trust", str(rsa_signer.trust), "--json"])
+    assert r.exit_code == 0, r.output
+    assert sorted(Path(v["file"]).name for v in json.loads(r.output)) == ["a.dcm", "b.dcm", "rgb.dcm"]
+    # two inputs that would land on the same output: refused before anything is written
+    (tmp_path / "x").mkdir()
+    shutil.copy(sample_dir / "rgb.dcm", tmp_path / "x" / "a.dcm")
+    code, msg = run("sign", tmp_path / "x" / "a.dcm", src / "a.dcm", tmp_path / "o2", "--key", rsa_signer.key,
+                    "--cert", rsa_signer.cert)
+    assert code == 2 and "both be written" in msg and not (tmp_path / "o2").exists()
+    # several inputs need a folder as OUT
+    code, msg = run("sign", sample_dir / "nested.dcm", sample_dir / "rgb.dcm", src / "a.dcm", "--key",
+                    rsa_signer.key, "--cert", rsa_signer.cert)
+    assert code == 2 and "must be a folder" in msg

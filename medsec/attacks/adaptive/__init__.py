@@ -17,25 +17,22 @@ from medsec.attacks.adaptive.recipes import (
 from medsec.attacks.adaptive.strategies import (
     BPDA,
     BestOf,
-    Composed,
     SurrogateTransfer,
     accepted_by,
     bpda,
     class_mean_term,
     detector_term,
-    exposed,
     feature_distance_term,
     gaussian_scale,
-    is_detector,
     patient_attacks,
     quality,
     ramp,
-    rejected,
     sign_average,
 )
+from medsec.defences.base import exposed, is_detector, rejected
 
 __all__ = [
-    "BPDA", "BestOf", "Composed", "DenoiserRecipe", "DetectorRecipe", "EnsembleRecipe", "GMMRecipe", "MGMRecipe",
+    "BPDA", "BestOf", "DenoiserRecipe", "DetectorRecipe", "EnsembleRecipe", "GMMRecipe", "MGMRecipe",
     "RBFRecipe", "Recipe", "SurrogateTransfer", "accepted_by", "bpda", "class_mean_term", "detector_term", "exposed",
     "feature_distance_term", "gaussian_scale", "is_detector", "patient_attacks", "quality", "ramp", "recipe_for",
     "rejected", "sign_average", "task_of",

@@ -30,38 +30,40 @@ from medsec.attacks.adaptive.strategies import (
     accepted_by,
     class_mean_term,
     detector_term,
-    exposed,
     feature_distance_term,
     gaussian_scale,
-    is_detector,
     patient_attacks,
     quality,
     ramp,
     sign_average,
 )
 from medsec.attacks.apgd import APGD
-from medsec.attacks.core import Attack, AttackResult, check_eps, check_images, check_positive_int
+from medsec.attacks.core import Attack, AttackResult, CompositeAttack, check_eps, check_positive_int
 from medsec.attacks.engine import PGD
 from medsec.attacks.losses import ExtraTerm, Loss, Margin, Selective
+from medsec.defences.base import exposed, is_detector
 from medsec.errors import MedsecError
+from medsec.metrics import task_of_outputs
+from medsec.models.inference import batched
 
 
 def task_of(model: nn.Module, x: Tensor, y: Tensor) -> str:
     """classification | multilabel | segmentation, from the model's output shape and the labels."""
     with torch.no_grad():
-        out = model(x[:1])
-    if out.ndim == 4:
-        return "segmentation"
-    return "multilabel" if y.ndim == 2 else "classification"
+        return task_of_outputs(model(x[:1]), y)
 
 
-class Recipe:
-    """Base of the per-defence adaptive attacks: eps in [0, 1] pixel units (L_inf), steps, restarts, seed."""
+class Recipe(CompositeAttack):
+    """Base of the per-defence adaptive attacks: eps in [0, 1] pixel units (L_inf), steps, restarts, seed.
+    Called on the DEFENCE like any attack: ``recipe(defence, x, y) -> x_adv``, ``recipe.run(defence, x, y) ->
+    AttackResult`` (success = the defended system is fooled and the detector evaded)."""
 
     name = "recipe"
     strategies: tuple[str, ...] = ()
+    eps: float
 
     def __init__(self, eps: float, steps: int = 100, restarts: int = 2, seed: int | None = 0) -> None:
+        super().__init__(seed=seed)
         e = check_eps(eps)
         assert e is not None
         if e > 1:
@@ -70,18 +72,6 @@ class Recipe:
         self.steps = check_positive_int(steps, "steps")
         self.restarts = check_positive_int(restarts, "restarts")
         self.seed = seed
-
-    def __call__(self, defence: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        """The adversarial images (inside the eps ball, in [0, 1])."""
-        return self.run(defence, x, y).x_adv
-
-    def run(self, defence: nn.Module, x: Tensor, y: Tensor) -> AttackResult:
-        """Attack the defended system; success = the defended system is fooled (and the detector evaded)."""
-        x = check_images(x)
-        return self._run(defence, x, y.to(x.device))
-
-    def _run(self, defence: nn.Module, x: Tensor, y: Tensor) -> AttackResult:
-        raise NotImplementedError
 
     def describe(self) -> str:
         """One line for reports: the recipe, its budget and the strategies it uses."""
@@ -125,7 +115,7 @@ class MGMRecipe(Recipe):
         self.lam, self.lam_start, self.kappa = float(lam), float(lam_start), float(kappa)
         self.exact = bool(exact)
 
-    def _run(self, defence: nn.Module, x: Tensor, y: Tensor) -> AttackResult:
+    def _compose(self, defence: nn.Module, x: Tensor, y: Tensor) -> AttackResult:
         ex = exposed(defence)
         clf = _need(ex, "classifier", defence, "MGM")
         mean = _need(ex, "mean", defence, "MGM")
@@ -152,14 +142,12 @@ class MGMRecipe(Recipe):
 
 def _score_scale(defence: Any, x: Tensor) -> float:
     """The spread (std) of the detector's scores on the clean inputs: the unit of the exact score term."""
-    with torch.no_grad():
-        s = torch.cat([defence.score(x[i:i + 128]).float().reshape(-1) for i in range(0, x.shape[0], 128)])
+    s = batched(lambda xb: defence.score(xb).float().reshape(-1), x, 128)
     return float(s.std().clamp_min(1e-6)) if s.numel() > 1 else 1.0
 
 
 def _top_finding(model: nn.Module, x: Tensor) -> Tensor:
-    with torch.no_grad():
-        return torch.cat([model(x[i:i + 128]).float() for i in range(0, x.shape[0], 128)]).argmax(1)
+    return batched(lambda xb: model(xb).float(), x, 128).argmax(1)
 
 
 class GMMRecipe(Recipe):
@@ -183,7 +171,7 @@ class GMMRecipe(Recipe):
         self.lam, self.lam_start, self.kappa = float(lam), float(lam_start), float(kappa)
         self.exact = bool(exact)
 
-    def _run(self, defence: nn.Module, x: Tensor, y: Tensor) -> AttackResult:
+    def _compose(self, defence: nn.Module, x: Tensor, y: Tensor) -> AttackResult:
         ex = exposed(defence)
         clf = _need(ex, "classifier", defence, "GMM")
         gaussians = list(_need(ex, "gaussians", defence, "GMM"))
@@ -194,8 +182,7 @@ class GMMRecipe(Recipe):
         # stage 1: nearest fooling class
         s1 = PGD(eps=self.eps, steps=self.stage1_steps, loss="margin", seed=self.seed)
         x1 = s1(clf, x, y)
-        with torch.no_grad():
-            z1 = torch.cat([clf(x1[i:i + 128]).float() for i in range(0, x.shape[0], 128)])
+        z1 = batched(lambda xb: clf(xb).float(), x1, 128)
         z1 = z1.masked_fill(torch.nn.functional.one_hot(y, z1.shape[1]).bool(), -math.inf)
         target = z1.argmax(1)
         # stage 2: convince classifier and class-t Gaussian
@@ -236,7 +223,7 @@ class EnsembleRecipe(Recipe):
     def __init__(self, eps: float, steps: int = 20, restarts: int = 2, seed: int | None = 0) -> None:
         super().__init__(eps, steps, restarts, seed)
 
-    def _run(self, defence: nn.Module, x: Tensor, y: Tensor) -> AttackResult:
+    def _compose(self, defence: nn.Module, x: Tensor, y: Tensor) -> AttackResult:
         ex = exposed(defence)
         members = list(_need(ex, "members", defence, "Ensemble"))
         task = task_of(defence, x, y)
@@ -280,7 +267,7 @@ class DenoiserRecipe(Recipe):
             self.surrogates = [self.factory(1000 + i).eval() for i in range(self.n_surrogates)]
         return self.surrogates
 
-    def _run(self, defence: nn.Module, x: Tensor, y: Tensor) -> AttackResult:
+    def _compose(self, defence: nn.Module, x: Tensor, y: Tensor) -> AttackResult:
         task = task_of(defence, x, y)
         atk = SurrogateTransfer(self._models(), self.eps, steps=self.steps, restarts=self.restarts, seed=self.seed)
         return _finish(atk.run(defence, x, y), defence, y, task)
@@ -293,7 +280,7 @@ class RBFRecipe(Recipe):
     name = "rbf-adaptive"
     strategies = ("incremental (many small steps, APGD)", "diversity (several attacks)", "restarts")
 
-    def _run(self, defence: nn.Module, x: Tensor, y: Tensor) -> AttackResult:
+    def _compose(self, defence: nn.Module, x: Tensor, y: Tensor) -> AttackResult:
         task = task_of(defence, x, y)
         with torch.no_grad():
             k = int(defence(x[:1]).shape[1])
@@ -315,7 +302,7 @@ class DetectorRecipe(Recipe):
         super().__init__(eps, steps, restarts, seed)
         self.lam, self.kappa = float(lam), float(kappa)
 
-    def _run(self, defence: nn.Module, x: Tensor, y: Tensor) -> AttackResult:
+    def _compose(self, defence: nn.Module, x: Tensor, y: Tensor) -> AttackResult:
         task = task_of(defence, x, y)
         loss: Loss = Selective(Margin(self.kappa), detector_term(defence, _score_scale(defence, x)), ramp(0.1 * self.lam, self.lam))
         succ = accepted_by(defence) if is_detector(defence) else None
@@ -329,10 +316,12 @@ class DetectorRecipe(Recipe):
 
 
 def recipe_for(defence: nn.Module, eps: float, **options: Any) -> Recipe:
-    """The adaptive recipe for a defence, chosen from what it exposes: per-class ``gaussians`` -> GMM;
-    ``mean`` of a feature Gaussian -> MGM; ``members`` -> Ensemble; ``denoiser`` -> Denoiser (limited
-    knowledge: pass surrogates= or surrogate_factory=); ``rbf_layers`` -> RBF; any other detector with a
-    score -> the generic expanded-loss attack; anything else -> patience and diversity."""
+    """The adaptive recipe for a defence, matched on what each recipe actually reads: per-class ``gaussians``
+    -> GMM; a feature Gaussian's ``mean`` and its ``classifier`` -> MGM; ``members`` -> Ensemble; the
+    attacker's own surrogate models (limited knowledge: ``surrogates=`` or ``surrogate_factory=`` in the
+    options) -> the surrogate-ensemble recipe (:class:`DenoiserRecipe`); any other detector with a
+    differentiable ``score`` -> the generic expanded-loss attack; anything else -> patience and diversity
+    (:class:`RBFRecipe`, which reads nothing but the defended model's outputs)."""
     ex = exposed(defence)
     if "gaussians" in ex:
         return GMMRecipe(eps, **options)
@@ -340,10 +329,8 @@ def recipe_for(defence: nn.Module, eps: float, **options: Any) -> Recipe:
         return MGMRecipe(eps, **options)
     if "members" in ex:
         return EnsembleRecipe(eps, **options)
-    if "denoiser" in ex:
+    if options.get("surrogates") or options.get("surrogate_factory") is not None:
         return DenoiserRecipe(eps, **options)
-    if "rbf_layers" in ex:
-        return RBFRecipe(eps, **options)
     if is_detector(defence) and callable(getattr(defence, "score", None)):
         return DetectorRecipe(eps, **options)
     return RBFRecipe(eps, **options)

@@ -26,18 +26,14 @@ import torch
 from torch import Tensor, nn
 
 from medsec.attacks.apgd import APGD
-from medsec.attacks.core import (
-    Attack,
-    AttackResult,
-    SuccessFn,
-    check_eps,
-    check_images,
-    dice_per_sample,
-    seg_prediction,
-)
+from medsec.attacks.core import Attack, AttackResult, CompositeAttack, SuccessFn, check_eps
 from medsec.attacks.engine import MIM, PGD, GradientAttack, mean_of_signs
 from medsec.attacks.losses import ExtraTerm, Loss, Schedule
+from medsec.defences.base import rejected
 from medsec.errors import MedsecError
+from medsec.metrics import dice_per_sample, seg_prediction
+from medsec.metrics.system import quality as system_quality
+from medsec.models.inference import batched
 
 Objective = Callable[[Tensor, Tensor], Tensor]
 
@@ -45,49 +41,6 @@ Objective = Callable[[Tensor, Tensor], Tensor]
 # ----------------------------------------------------------------------------------------------------------
 # Reading the defence through its protocol
 # ----------------------------------------------------------------------------------------------------------
-
-def exposed(defence: Any) -> dict[str, Any]:
-    """What the defence exposes to adaptive attacks (``defence.exposed()``), or {} when it exposes nothing."""
-    fn = getattr(defence, "exposed", None)
-    if not callable(fn):
-        return {}
-    try:
-        got = fn()
-    except Exception as e:  # a user defence whose exposed() fails is still attackable as a black box
-        raise MedsecError(f"{type(defence).__name__}.exposed() failed: {e}") from e
-    if not isinstance(got, dict):
-        raise MedsecError(f"{type(defence).__name__}.exposed() must return a dict, got {type(got).__name__}")
-    return got
-
-
-def is_detector(defence: Any) -> bool:
-    """True when the defence rejects inputs (it has ``detect(x)``)."""
-    return bool(getattr(defence, "is_detector", False)) and callable(getattr(defence, "detect", None))
-
-
-@torch.no_grad()
-def rejected(defence: Any, x: Tensor, batch_size: int = 256) -> Tensor:
-    """(N,) bool: inputs the defence's detector rejects (all False for a defence without a detector)."""
-    if not is_detector(defence):
-        return torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-    out = [defence.detect(x[i:i + batch_size]).bool().reshape(-1) for i in range(0, x.shape[0], batch_size)]
-    return torch.cat(out).to(x.device)
-
-
-def correct_predictions(outputs: Tensor, y: Tensor, task: str, finding: Tensor | None = None,
-             dice_threshold: float = 0.5) -> Tensor:
-    """(N,) bool: the prediction is right. Multi-label: the decision on `finding` (per image) matches y.
-    Segmentation: per-image Dice > dice_threshold."""
-    if task == "classification":
-        return outputs.argmax(1) == y
-    if task == "multilabel":
-        if finding is None:
-            finding = outputs.argmax(1)
-        rows = torch.arange(outputs.shape[0], device=outputs.device)
-        return (outputs[rows, finding] > 0) == (y[rows, finding] > 0.5)
-    d = dice_per_sample(seg_prediction(outputs), y, outputs.shape[1])
-    return d > dice_threshold
-
 
 def accepted_by(defence: Any) -> SuccessFn:
     """Success condition for attacks on a defended system: the defence's detector (if any) ACCEPTS x_adv.
@@ -170,16 +123,6 @@ def gaussian_scale(cholesky: Tensor | None, fallback: Tensor | None = None) -> f
     return 1.0
 
 
-class _StraightThrough(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, fx: Tensor, gx: Tensor) -> Tensor:  # type: ignore[override]
-        return fx
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[None, None, Tensor]:  # type: ignore[override]
-        return None, None, grad
-
-
 class BPDA(nn.Module):
     """Backward Pass Differentiable Approximation (Athalye et al. 2018): the forward pass runs `fn`
     exactly, the backward pass differentiates `approx` instead (default: the identity). Wrap a
@@ -204,18 +147,6 @@ class BPDA(nn.Module):
 def bpda(fn: Callable[[Tensor], Tensor], approx: Callable[[Tensor], Tensor] | None = None) -> BPDA:
     """Shorthand for :class:`BPDA`."""
     return BPDA(fn, approx)
-
-
-class Composed(nn.Module):
-    """`model(pre(x))`: a classifier behind a (possibly BPDA-wrapped) preprocessing step."""
-
-    def __init__(self, pre: nn.Module, model: nn.Module) -> None:
-        super().__init__()
-        self.pre = pre
-        self.model = model
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.model(self.pre(x))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -263,32 +194,14 @@ def sign_average(members: Sequence[nn.Module], eps: float, steps: int = 1, alpha
 
 def quality(defence: Any, x_adv: Tensor, y: Tensor, task: str, finding: Tensor | None = None,
             batch_size: int = 128) -> Tensor:
-    """(N,) how well the defended system still does on each input (LOWER = better for the attacker):
-    'handled' (rejected, or still correct) as 0/1 plus a tie-break in (0, 1) by the true-class margin
-    (classification) or the Dice itself (segmentation). Used to keep the best sample per image."""
-    outs = []
-    with torch.no_grad():
-        for i in range(0, x_adv.shape[0], batch_size):
-            outs.append(defence(x_adv[i:i + batch_size]).float())
-    z = torch.cat(outs)
-    rej = rejected(defence, x_adv).float()
-    if task == "segmentation":
-        d = dice_per_sample(seg_prediction(z), y, z.shape[1])
-        return torch.maximum(rej, d)
-    ok = correct_predictions(z, y, task, finding).float()
-    if task == "classification":
-        zy = z.gather(1, y[:, None])[:, 0]
-        other = z.masked_fill(torch.nn.functional.one_hot(y, z.shape[1]).bool(), -math.inf).amax(1)
-        tie = torch.sigmoid(zy - other)
-    else:
-        f = z.argmax(1) if finding is None else finding
-        rows = torch.arange(z.shape[0], device=z.device)
-        sgn = 2 * y[rows, f].float() - 1
-        tie = torch.sigmoid(sgn * z[rows, f])
-    return torch.maximum(rej, ok) * 2.0 + tie
+    """(N,) how well the defended system still does on each input (LOWER = better for the attacker): the
+    defended-system score of :func:`medsec.metrics.system.quality` on the defence's outputs and its detector's
+    verdicts. Used to keep the best sample per image."""
+    z = batched(lambda xb: defence(xb).float(), x_adv, batch_size)
+    return system_quality(z, y, task, rejected(defence, x_adv), finding)
 
 
-class BestOf(Attack):
+class BestOf(CompositeAttack):
     """Strategy 4 (and AutoAttack's diversity): run several attacks (each with its own restarts) and keep,
     per sample, the candidate with the lowest `objective(x_adv, y)` (default: :func:`quality` on the model
     given at call time). The clean input is a candidate too, so the result is never worse than no attack.
@@ -316,8 +229,7 @@ class BestOf(Attack):
         if len(budgets) == 1:
             self.norm, self.eps = next(iter(budgets))
 
-    def run(self, model: nn.Module, x: Tensor, y: Tensor, verify: bool = True) -> AttackResult:
-        x = check_images(x)
+    def _compose(self, model: nn.Module, x: Tensor, y: Tensor) -> AttackResult:
         obj = self.objective or (lambda xa, yy: quality(model, xa, yy, self.task_name))
         best_x = x.detach().clone()
         best_q = obj(best_x, y).float()
@@ -333,11 +245,8 @@ class BestOf(Attack):
                     chosen[i] = name
         return AttackResult(best_x, best_q < 1.0, {"chosen": chosen, "quality": best_q})
 
-    def _attack(self, ctx: Any) -> AttackResult:  # pragma: no cover - run() is overridden
-        raise NotImplementedError
 
-
-class SurrogateTransfer(Attack):
+class SurrogateTransfer(CompositeAttack):
     """Strategy 5 for limited knowledge (Levy et al. 4.4): craft on an ensemble of surrogate models of the
     defence's architecture (sign-averaged gradients, eq. 3, iterated; and momentum on their summed loss), run
     several restarts, and keep per
@@ -348,9 +257,9 @@ class SurrogateTransfer(Attack):
 
     def __init__(self, surrogates: Sequence[nn.Module], eps: float, steps: int = 20, restarts: int = 3,
                  loss: str | Loss = "ce", **kw: Any) -> None:
-        super().__init__(**kw)
         if not surrogates:
             raise MedsecError("SurrogateTransfer needs at least one surrogate model")
+        super().__init__(grad_model=list(surrogates), **kw)  # guarded with the model under attack
         self.surrogates = list(surrogates)
         self.eps = check_eps(eps)
         self.steps = steps
@@ -383,19 +292,13 @@ class SurrogateTransfer(Attack):
         k = len(self.surrogates)
         return fooled / k * 1e3 + loss / k  # fooling more surrogates first, then a higher loss
 
-    def run(self, model: nn.Module, x: Tensor, y: Tensor, verify: bool = True) -> AttackResult:
-        x = check_images(x)
-        y = y.to(x.device)
+    def _compose(self, model: nn.Module, x: Tensor, y: Tensor) -> AttackResult:
         best_x, best_e = x.detach().clone(), torch.full((x.shape[0],), -math.inf, device=x.device)
         for cand in self._candidates(x, y):
             e = self._effectiveness(cand, y)
             better = e > best_e
             best_x[better] = cand[better]
             best_e = torch.where(better, e, best_e)
-        with torch.no_grad():
-            z = torch.cat([model(best_x[i:i + 128]).float() for i in range(0, x.shape[0], 128)])
+        z = batched(lambda xb: model(xb).float(), best_x, 128)
         succ = z.argmax(1) != y if z.ndim == 2 and y.ndim == 1 else torch.zeros(x.shape[0], dtype=torch.bool)
         return AttackResult(best_x, succ, {"surrogate_effectiveness": best_e})
-
-    def _attack(self, ctx: Any) -> AttackResult:  # pragma: no cover - run() is overridden
-        raise NotImplementedError

@@ -1,1 +1,0 @@
-"""Metrics, victims and the experiment flow."""

@@ -1,0 +1,77 @@
+"""The grid runner: resume, atomic results, dependency order, failures reported after the rest finished."""
+
+import json
+
+import pytest
+
+from medsec.errors import MedsecError
+from medsec.studies.grid import Cell, CellStore, GridError, LocalExecutor, run_grid
+
+CALLS: list[str] = []
+
+
+def square(n: int) -> dict:
+    CALLS.append(f"square-{n}")
+    return {"n": n, "square": n * n}
+
+
+def fail(why: str) -> dict:
+    CALLS.append("fail")
+    raise RuntimeError(why)
+
+
+def test_cells_resume_and_skip(tmp_path):
+    store = CellStore(tmp_path / "cells")
+    calls = []
+
+    def work():
+        calls.append(1)
+        return {"acc": 0.5}
+
+    assert store.compute("MGM/chest14 eps=0.02", work) == {"acc": 0.5}
+    assert store.compute("MGM/chest14 eps=0.02", work) == {"acc": 0.5}
+    assert len(calls) == 1
+    store.path("MGM/chest14 eps=0.02").write_text("{broken")
+    assert store.compute("MGM/chest14 eps=0.02", work) == {"acc": 0.5}
+    assert len(calls) == 2
+    assert not list((tmp_path / "cells").glob("*.tmp"))
+
+
+def test_grid_runs_in_dependency_order_and_resumes(tmp_path):
+    CALLS.clear()
+    store = CellStore(tmp_path / "cells")
+    cells = [Cell("row-3", square, {"n": 3}, after=("victim-2",)), Cell("victim-2", square, {"n": 2})]
+    res = run_grid(cells, store, LocalExecutor(), title="t")
+    assert res["row-3"]["square"] == 9 and res["victim-2"]["square"] == 4
+    assert CALLS == ["square-2", "square-3"]  # the victim first
+    assert json.loads((tmp_path / "cells" / "row-3.json").read_text())["square"] == 9
+    CALLS.clear()
+    assert run_grid(cells, store, title="t") == res  # resumed: nothing recomputed
+    assert CALLS == []
+
+
+def test_failed_cell_does_not_stop_the_others(tmp_path):
+    CALLS.clear()
+    store = CellStore(tmp_path / "cells")
+    cells = [Cell("victim", fail, {"why": "no data"}), Cell("row-a", square, {"n": 1}, after=("victim",)),
+             Cell("other", square, {"n": 5})]
+    with pytest.raises(GridError) as e:
+        run_grid(cells, store, title="study")
+    assert "victim: RuntimeError: no data" in str(e.value)
+    assert e.value.skipped == ["row-a"]
+    assert CALLS == ["fail", "square-5"]  # the independent cell finished, the dependent one was skipped
+    assert store.get("other") == {"n": 5, "square": 25}
+    assert store.get("victim") is None and store.get("row-a") is None
+
+
+def test_bad_grids_are_refused(tmp_path):
+    store = CellStore(tmp_path / "cells")
+    with pytest.raises(MedsecError, match="share the key"):
+        run_grid([Cell("a", square, {"n": 1}), Cell("a", square, {"n": 2})], store, title="t")
+    with pytest.raises(MedsecError, match="not file-safe"):
+        run_grid([Cell("a/b", square, {"n": 1})], store, title="t")
+    with pytest.raises(MedsecError, match="not in the grid"):
+        run_grid([Cell("a", square, {"n": 1}, after=("b",))], store, title="t")
+    with pytest.raises(MedsecError, match="cycle"):
+        run_grid([Cell("a", square, {"n": 1}, after=("b",)), Cell("b", square, {"n": 1}, after=("a",))],
+                 store, title="t")
