@@ -48,36 +48,33 @@ def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 
 
 def measure_row(cfg: Any, row: Any) -> dict[str, Any]:
-    """Clean and original-attack (no defence) metric of the row's victim, as `medsec reproduce` scores them."""
-    from medsec.evaluation.reproduce import _original_attack, handled_scores
-    from medsec.evaluation.victims import get_victim, resolve_device
+    """Clean and original-attack (no defence) metric of the row's victim, scored as `medsec reproduce` does
+    (medsec.studies.levy: the row's original attack, the undefended victim's handled score)."""
+    from medsec.models.inference import resolve_device
+    from medsec.models.victims import get_victim
+    from medsec.studies.common import defence_config, outputs
+    from medsec.studies.levy import TRANSFER, RowRun, original_attack
 
     t0 = time.perf_counter()
     device = resolve_device(cfg.device)
     victim = get_victim(cfg, row.dataset)
     t_train = time.perf_counter() - t0
-    model = victim.model.eval()
+    victim.model.eval()
     data = victim.data
     task = data.info.task
     n = min(cfg.reproduce.n_test, len(data.test))
     x = data.test.images(slice(0, n)).to(device)
     y = data.test.target_tensor(slice(0, n)).to(device)
-    with torch.no_grad():
-        z = model(x)
-    finding = z.argmax(1) if task == "multilabel" else None
-    surrogate = None
-    if row.original == "transfer":
-        dcfg = cfg
-        if cfg.reproduce.defence_epochs is not None:
-            dcfg = cfg.model_copy(update={"train": cfg.train.model_copy(
-                update={"epochs": cfg.reproduce.defence_epochs})})
-        surrogate = get_victim(dcfg, row.dataset, seed=cfg.seed + 100).model.eval()
-    attack = _original_attack(row, row.eps, task, cfg.reproduce.original_steps, cfg.seed, surrogate)
+    z = outputs(victim.model, x)
+    # the row without its defence: only what the original attack and the undefended score read
+    run = RowRun(cfg, row, None, victim, x, y, task, z.argmax(1) if task == "multilabel" else None,  # type: ignore[arg-type]
+                 z)
+    if row.original == TRANSFER:
+        run.surrogate = get_victim(defence_config(cfg), row.dataset, seed=cfg.seed + 100).model.eval()
     t1 = time.perf_counter()
-    xa = attack(model, x, y)
+    xa = original_attack(run, row.eps)(run.plain, x, y)
     t_attack = time.perf_counter() - t1
-    clean = handled_scores(model, x, y, task, adversarial=False, finding=finding).mean() * 100
-    attacked = handled_scores(model, xa, y, task, adversarial=True, finding=finding).mean() * 100
+    clean, attacked = run.undefended(x, adversarial=False), run.undefended(xa, adversarial=True)
     paper_clean, paper_orig = row.paper[0], row.paper[1]
     return {"row": row.id, "victim": victim.meta.get("arch_label"), "n": n, "eps": row.eps,
             "clean": round(float(clean), 1), "paper_clean": paper_clean,
@@ -90,7 +87,7 @@ def measure_row(cfg: Any, row: Any) -> dict[str, Any]:
 
 def main() -> None:
     from medsec.config import load_config
-    from medsec.evaluation.reproduce import ROWS
+    from medsec.studies.levy import ROWS
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default="quick")

@@ -9,10 +9,10 @@ import torch
 from medsec.attacks import FGSM
 from medsec.config import TrainConfig
 from medsec.data.registry import generate_synthetic
-from medsec.evaluation.metrics import dice
-from medsec.evaluation.reproduce import ROWS
+from medsec.metrics import dice
 from medsec.models.networks import build_model
 from medsec.models.training import train_model
+from medsec.studies.levy import ROWS
 
 
 def test_calibrated_brain_phantom_victim_falls_to_fgsm_at_the_rows_eps() -> None:
