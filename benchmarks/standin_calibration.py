@@ -96,8 +96,9 @@ def main() -> None:
     ap.add_argument("--set", nargs="*", default=[], help="config overrides, e.g. victims.oct.difficulty=0.7")
     ap.add_argument("--retrain", action="store_true", help="train each victim twice (fresh caches) and compare")
     ap.add_argument("--json", default="", help="also write the rows to this file")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (results can depend on it)")
     args = ap.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     rows = [r for r in ROWS if not args.rows or r.id in args.rows.split(",")]
     over = _nested(args.set)
     out = []

@@ -9,7 +9,8 @@ anatomy vary per image. Each finding of ChestX-ray14 has its own visual pattern 
 Findings are drawn as in the NIH data: about half the images are abnormal; within an abnormal image each
 finding appears independently with its own probability (COND_PREVALENCE), at least one per abnormal
 image. So each label is an independent pattern with its own prevalence (about 4-19 %), and `chest2`
-(any finding) is balanced.
+(any finding) is balanced. `rsna` draws its pneumonia faint, spread out and textured (RSNA_RENDERING), so
+its victim falls to small perturbations as real pneumonia classifiers do (docs/synthetic.md).
 """
 
 from __future__ import annotations
