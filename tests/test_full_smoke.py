@@ -10,8 +10,10 @@ the numbers are (one epoch on 16 images learns nothing)."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from medsec.cli import app
@@ -22,6 +24,15 @@ pytestmark = pytest.mark.timeout(2400)  # minutes on CI's 2 cores; far more on a
 
 runner = CliRunner()
 FULL = load_config("full")
+
+
+@pytest.fixture(autouse=True)
+def _all_cores():
+    """The smoke run is the one long test: let torch use CI's two cores (the suite's default is one)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    yield
+    torch.set_num_threads(before)
 
 
 def _invoke(*args: str) -> None:

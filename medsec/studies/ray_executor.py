@@ -326,7 +326,9 @@ class RayExecutor:
                 try:
                     status = ray.get(ref)
                 except ray.exceptions.RayError as e:
-                    bad = next((k for k in after[key] if k in failed or k in skipped), None)
+                    # a cell whose needed cell's worker died for good fails with that error too: not run
+                    unfinished = set(failed) | set(skipped) | set(pending.values())
+                    bad = next((k for k in after[key] if k in unfinished), None)
                     if bad is not None:
                         skipped.append(key)
                         progress.blocked(key, bad)
