@@ -1,4 +1,8 @@
-"""Experiment configuration: pydantic models read from YAML, with `quick` and `full` profiles.
+"""Experiment configuration: pydantic models read from YAML, with `quick`, `full` and `full-smoke` profiles.
+
+`full-smoke` is the full profile with only its sizes shrunk (SMOKE_SIZES: a handful of images, one epoch, a
+few attack steps): the same 224 px images, architectures, widths, depths and defences, so a CPU run of it
+meets every shape, memory and dtype path the full profile takes, in minutes.
 
 A wrong key or value is a ConfigError that names it (e.g. ``train.epochs: Input should be greater than 0``).
 """
@@ -16,7 +20,24 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from medsec.errors import ConfigError
 
-PROFILES = ("quick", "full")
+PROFILES = ("quick", "full", "full-smoke")
+
+# The sizes `full-smoke` lays over `full`: counts of images, epochs, steps, models and grid points only;
+# never an image size, architecture, width, depth or defence setting (tests/test_config.py checks this),
+# so the smoke run cannot drift from the full profile's code paths.
+SMOKE_SIZES: dict[str, Any] = {
+    "data": {"n_train": 16, "n_val": 8, "n_test": 8},
+    "train": {"epochs": 1, "patience": 1},
+    "defences": {"gmm": {"ssat_epochs": 1}},
+    "reproduce": {"n_test": 2, "steps": 2, "original_steps": 2, "surrogates": 2, "curve_multipliers": [2.0],
+                  "n_curve": 1, "n_samples": 2},
+    "transfer": {"n_train": 20, "n_val": 8, "n_test": 8, "epochs": 1, "data_variants": ["d0"],
+                 "eps": [0.01], "pgd_steps": 2, "n_eval": 4},
+    "survey": {"n_eval": 4, "patch_sizes": [0.01], "patch_steps": 2, "onepixel_pixels": [1],
+               "onepixel_popsize": 4, "onepixel_iterations": 1, "onepixel_n_eval": 2, "uap_eps": [0.01],
+               "uap_epochs": 1, "backdoor_rates": [0.05], "fc_targets": 1, "fc_poisons": 1, "fc_steps": 2},
+}
+DERIVED_PROFILES: dict[str, tuple[str, dict[str, Any]]] = {"full-smoke": ("full", SMOKE_SIZES)}
 
 
 class _Strict(BaseModel):
@@ -124,6 +145,9 @@ class ReproduceConfig(_Strict):
     n_samples: int = Field(3, ge=1, le=8)  # images in each row's sample strip
     rows: list[str] | None = None  # None: all eight Table-1 rows (ids as in medsec.studies.levy.ROWS)
     defence_epochs: int | None = Field(None, gt=0)  # epochs for networks the defences train (None: train.epochs)
+    seeds: list[int] | None = None  # several seeds: victims, defences and attacks per seed; mean and range reported
+    floor_rounds: int = Field(4, ge=1)  # the floor's APGD doubles its steps and adds a restart each round, at most
+    floor_tol: float = Field(2.0, gt=0)  # this many rounds, until the floor moves by less than floor_tol points
 
 
 class TransferConfig(_Strict):
@@ -232,10 +256,11 @@ def _deep_update(base: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_config(profile_or_path: str | Path = "quick", overrides: dict[str, Any] | None = None) -> ExperimentConfig:
-    """A built-in profile by name (quick, full) or a YAML file, with optional nested overrides."""
+    """A built-in profile by name (quick, full, full-smoke) or a YAML file, with optional nested overrides."""
     name = str(profile_or_path)
+    base, derived = DERIVED_PROFILES.get(name, (name, None))
     if name in PROFILES:
-        text = resources.files("medsec.configs").joinpath(f"{name}.yaml").read_text(encoding="utf-8")
+        text = resources.files("medsec.configs").joinpath(f"{base}.yaml").read_text(encoding="utf-8")
         source = f"profile {name!r}"
     else:
         path = Path(name)
@@ -249,6 +274,8 @@ def load_config(profile_or_path: str | Path = "quick", overrides: dict[str, Any]
         raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"config {source} is not valid YAML: {e}") from None
+    if derived is not None and isinstance(raw, dict):
+        raw = {**_deep_update(raw, derived), "profile": name}
     if overrides:
         raw = _deep_update(raw, overrides)
     return config_from_dict(raw, source)

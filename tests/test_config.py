@@ -41,3 +41,34 @@ def test_invalid_yaml(tmp_path):
     p.write_text("train: [unclosed")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(p)
+
+
+def _leaves(d, prefix=""):
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            yield from _leaves(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
+
+
+def test_full_smoke_differs_from_full_only_in_sizes():
+    """full-smoke is full with counts shrunk: same image size, architectures, widths, depths, defences."""
+    from medsec.config import SMOKE_SIZES
+
+    full = dict(_leaves(load_config("full").model_dump(mode="json")))
+    smoke = dict(_leaves(load_config("full-smoke").model_dump(mode="json")))
+    changed = {k for k in full if full[k] != smoke[k]}
+    assert changed == {k for k, _ in _leaves(SMOKE_SIZES)} | {"profile"}
+    size_words = ("n_", "epochs", "steps", "patience", "surrogates", "multipliers", "eps", "data_variants",
+                  "sizes", "pixels", "popsize", "iterations", "rates", "targets", "poisons")
+    for key in changed - {"profile"}:
+        assert any(w in key.split(".")[-1] for w in size_words), f"full-smoke changes {key}, not a size"
+    assert smoke["data.image_size"] == full["data.image_size"] == 224
+    for key in ("model.width", "model.depth", "transfer.width", "transfer.depth", "transfer.archs"):
+        assert smoke[key] == full[key]
+    assert load_config("full-smoke").victims == load_config("full").victims
+
+
+def test_profile_overrides_apply_over_derived_profile():
+    cfg = load_config("full-smoke", {"reproduce": {"n_test": 2}})
+    assert cfg.profile == "full-smoke" and cfg.reproduce.n_test == 2 and cfg.reproduce.steps == 2

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-ProfileOpt = Annotated[str, typer.Option("--profile", "-p", help="quick, full, or a YAML config file")]
+ProfileOpt = Annotated[str, typer.Option("--profile", "-p", help="quick, full, full-smoke, or a YAML config file")]
 DataRootOpt = Annotated[str | None, typer.Option("--data-root", help="real data in its publisher's layout")]
 CacheOpt = Annotated[str | None, typer.Option("--cache-dir", help="cache folder (default $MEDSEC_CACHE or ~/.cache/medsec)")]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="experiment seed (default: the profile's)")]
@@ -16,3 +16,7 @@ EpsOpt = Annotated[float, typer.Option("--eps", help="L_inf budget in [0, 1] pix
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="output folder: results.json, report.md/.html, figures/, "
                                                           "cells/")]
 DatasetsOpt = Annotated[list[str] | None, typer.Option("--dataset", "-d", help="only these datasets")]
+ExecutorOpt = Annotated[str, typer.Option("--executor", help="where the grid's cells run: local (this process, "
+                                                         "one after another) or ray (Ray tasks; docs/scale.md)")]
+AddressOpt = Annotated[str | None, typer.Option("--address", help="the Ray cluster of --executor ray: HOST:PORT, "
+                                                                 "ray://HOST:PORT or auto (default: a local Ray)")]
