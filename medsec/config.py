@@ -144,8 +144,11 @@ class ReproduceConfig(_Strict):
     curve_multipliers: list[float] = Field(default_factory=lambda: [0.5, 2.0])  # extra eps (x row eps) for curves
     n_curve: int = Field(32, gt=0)  # images per extra curve point
     n_samples: int = Field(3, ge=1, le=8)  # images in each row's sample strip
-    rows: list[str] | None = None  # None: all eight Table-1 rows (ids as in medsec.evaluation.reproduce.ROWS)
+    rows: list[str] | None = None  # None: all eight Table-1 rows (ids as in medsec.studies.levy.ROWS)
     defence_epochs: int | None = Field(None, gt=0)  # epochs for networks the defences train (None: train.epochs)
+    seeds: list[int] | None = None  # several seeds: victims, defences and attacks per seed; mean and range reported
+    floor_rounds: int = Field(4, ge=1)  # the floor's APGD doubles its steps and adds a restart each round, at most
+    floor_tol: float = Field(2.0, gt=0)  # this many rounds, until the floor moves by less than floor_tol points
 
 
 class TransferConfig(_Strict):

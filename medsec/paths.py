@@ -49,13 +49,33 @@ def atomic_path(dest: str | Path) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def fsync_dir(path: str | Path) -> None:
+    """Flush a folder's entries (a rename or a new file in it) to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_text_atomic(dest: str | Path, text: str) -> None:
     """Write a text file atomically."""
     with atomic_path(dest) as tmp:
         tmp.write_text(text, encoding="utf-8")
 
 
-def write_bytes_atomic(dest: str | Path, data: bytes) -> None:
-    """Write a binary file atomically (the parent folder is created)."""
+def write_bytes_atomic(dest: str | Path, data: bytes, *, durable: bool = False) -> None:
+    """Write a binary file atomically (the parent folder is created). `durable` also fsyncs the file before
+    the rename and the folder after it: once this returns the file survives a crash or power loss whole
+    (what the DICOM node needs before it acknowledges an instance); either way `dest` is never half-written."""
+    dest = Path(dest)
     with atomic_path(dest) as tmp:
-        tmp.write_bytes(data)
+        if not durable:
+            tmp.write_bytes(data)
+        else:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+    if durable:
+        fsync_dir(dest.parent)

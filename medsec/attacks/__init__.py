@@ -27,6 +27,7 @@ from medsec.attacks.onepixel import OnePixel
 from medsec.attacks.patch import AdversarialPatch
 from medsec.attacks.poisoning import BadNets, FeatureCollision
 from medsec.attacks.registry import ATTACKS, build_attack, register_attack
+from medsec.attacks.transfer import InputDiversity, LogitEnsemble, transfer_attack, translation_invariant
 from medsec.attacks.universal import UniversalPerturbation
 
 __all__ = [
@@ -39,4 +40,6 @@ __all__ = [
     # engine pieces and helpers
     "ATTACKS", "Attack", "AttackContext", "AttackResult", "Speed", "Tracker", "build_attack", "mean_of_signs",
     "project", "register_attack",
+    # transfer-enhancing techniques (limited knowledge)
+    "InputDiversity", "LogitEnsemble", "transfer_attack", "translation_invariant",
 ]

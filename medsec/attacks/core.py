@@ -26,6 +26,7 @@ from medsec.models.inference import logits_and_features
 Norm = Literal["linf", "l2"]
 AttackTask = Literal["classification", "multilabel", "segmentation"]
 SuccessFn = Callable[[Tensor, Tensor, Tensor], Tensor]
+InputTransform = Callable[[Tensor, "torch.Generator | None"], Tensor]
 
 NORMS = ("linf", "l2")
 _STATEFUL_IN_TRAIN = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd, nn.modules.instancenorm._InstanceNorm)
@@ -377,7 +378,10 @@ class AttackContext:
         self.device = x.device
         self.loss: Loss = attack.loss
         self.need_features = self.loss.needs_features
-        self.separate_check = not (len(grad_models) == 1 and grad_models[0] is model)
+        self.input_transform = attack.input_transform
+        # a transformed input's outputs do not say whether the point itself succeeds: check it separately
+        self.separate_check = (not (len(grad_models) == 1 and grad_models[0] is model)
+                               or self.input_transform is not None)
         self._clean_outputs: Tensor | None = None
         self._clean_success: Tensor | None = None
         self.fast: dict[int, nn.Module] = {}  # id(model) -> its batch-norm-folded copy
@@ -479,7 +483,8 @@ class AttackContext:
         for m in self.grad_models:
             xa = x_adv.detach().requires_grad_(True)
             with torch.enable_grad():
-                out, feats = self.forward(m, xa, self.need_features)
+                xin = xa if self.input_transform is None else self.input_transform(xa, self.gen)
+                out, feats = self.forward(m, xin, self.need_features)
                 self._init_task(out)
                 lval = self.loss(self.loss_input(out, feats, xa, idx, step, steps))
                 if lval.shape != (xa.shape[0],):
@@ -607,6 +612,8 @@ class Attack:
       grad_model: model (or list of models) whose gradients drive the attack; success is judged on the
         model passed at call time (BPDA, surrogate/ensemble gradients).
       seed: seed of the attack's own generator (the global RNG is left alone); None = nondeterministic.
+      input_transform: `fn(x_adv, generator) -> images` applied (differentiably) before each gradient pass,
+        e.g. :class:`medsec.attacks.transfer.InputDiversity` (Xie et al.); success is judged on x_adv itself.
       precision / channels_last / compile / fuse_bn: see Speed. train_mode: see guarded().
       batch_size: attack in chunks of this many images (None = all at once).
     """
@@ -619,7 +626,8 @@ class Attack:
                  findings: str | int | Sequence[int] = "top", dice_threshold: float = 0.1,
                  success: SuccessFn | None = None, task: AttackTask | None = None,
                  grad_model: nn.Module | Sequence[nn.Module] | None = None, seed: int | None = 0,
-                 precision: str = "auto", channels_last: bool | str = "auto", compile: bool = False,
+                 input_transform: InputTransform | None = None, precision: str = "auto",
+                 channels_last: bool | str = "auto", compile: bool = False,
                  fuse_bn: bool = True, train_mode: str = "raise", batch_size: int | None = None) -> None:
         self.targeted = bool(targeted)
         self.loss = resolve_loss(loss)
@@ -637,6 +645,10 @@ class Attack:
         self.task = task
         self.grad_model = grad_model
         self.seed = seed
+        if input_transform is not None and not callable(input_transform):
+            raise MedsecError("input_transform must be a callable (x, generator) -> images, got "
+                              f"{type(input_transform).__name__}")
+        self.input_transform = input_transform
         self.speed = Speed(precision, channels_last, compile, bool(fuse_bn))
         if train_mode not in ("raise", "eval"):
             raise MedsecError(f"train_mode must be 'raise' or 'eval', got {train_mode!r}")

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
 from medsec.integrity.errors import IntegrityError, UnreadableFileError
+
+if TYPE_CHECKING:
+    from medsec.integrity.tls import TLSConfig
 
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
@@ -46,17 +49,24 @@ def keygen(
     issuer_password: Annotated[str | None, typer.Option(help="Password of the CA private key.")] = None,
     password: PasswordOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing NAME.key/NAME.pem.")] = False,
+    purpose: Annotated[str, typer.Option(help="signing (DICOM signatures), or a TLS certificate for the node: "
+                                         "tls-server, tls-client, tls (both).")] = "signing",
+    hosts: Annotated[list[str] | None, typer.Option("--host", help="TLS: DNS name or IP address the certificate "
+                                                    "is for (repeat it; default localhost, 127.0.0.1, ::1).")] = None,
 ) -> None:
-    """Make a key pair and certificate (self-signed, a CA, or issued by your CA) and a trust-store folder."""
+    """Make a key pair and certificate (self-signed, a CA, or issued by your CA) and a trust-store folder;
+    for DICOM signatures, or with --purpose for TLS between modalities, the medsec node and the archive."""
     from medsec.integrity.keys import keygen as _keygen
 
     if algorithm not in ("rsa", "ecdsa"):
         raise typer.BadParameter("choose rsa or ecdsa", param_hint="--algorithm")
+    if purpose not in ("signing", "tls-server", "tls-client", "tls"):
+        raise typer.BadParameter("choose signing, tls-server, tls-client or tls", param_hint="--purpose")
     try:
         r = _keygen(out_dir, name=name, common_name=cn, kind=algorithm,  # type: ignore[arg-type]
                     bits=bits, curve=curve, days=days, ca=ca, issuer_key_path=issuer_key,
                     issuer_cert_path=issuer_cert, issuer_password=issuer_password, password=password,
-                    force=force)
+                    force=force, purpose=purpose, hosts=hosts or ())  # type: ignore[arg-type]
     except IntegrityError as e:
         raise _fail(e) from None
     console.print(f"private key  {r.key} (mode 0600{', encrypted' if password else ''})", markup=False)
@@ -257,28 +267,78 @@ def infer(
         raise SystemExit(first_code)
 
 
+def _tls_config(cert: Path | None, key: Path | None, trust: Path | None, password: str | None) -> TLSConfig | None:
+    """The node's TLSConfig from serve's --tls-* options (all three or none), checked now."""
+    from medsec.integrity.tls import TLSConfig
+
+    given = [o for o, v in (("--tls-cert", cert), ("--tls-key", key), ("--tls-trust", trust)) if v is not None]
+    if not given:
+        return None
+    if len(given) < 3:
+        missing = sorted({"--tls-cert", "--tls-key", "--tls-trust"} - set(given))
+        raise typer.BadParameter(f"TLS needs --tls-cert, --tls-key and --tls-trust together (missing "
+                                 f"{', '.join(missing)})", param_hint=missing[0])
+    assert cert is not None and key is not None and trust is not None
+    cfg = TLSConfig(cert, key, trust, password)
+    cfg.check("server")
+    return cfg
+
+
 def serve(
-    trust: Annotated[Path, typer.Option(help="Trusted certificate or folder of certificates.")],
+    trust: Annotated[Path, typer.Option(help="Trusted signer certificate or folder (for DICOM signatures).")],
     port: Annotated[int, typer.Option(help="DICOM port to listen on.")] = 11112,
     host: Annotated[str, typer.Option(help="Address to bind (default loopback only).")] = "127.0.0.1",
     ae_title: Annotated[str, typer.Option(help="This node's AE title.")] = "MEDSEC",
-    store: Annotated[Path, typer.Option(help="Folder for accepted instances.")] = Path("medsec-store"),
+    store: Annotated[Path, typer.Option(help="Folder for accepted instances (and outbox/ when forwarding).")] = Path(
+        "medsec-store"),
     quarantine: Annotated[Path, typer.Option(help="Folder for refused instances (+ verdict JSON).")] = Path(
         "medsec-quarantine"),
     model: Annotated[Path | None, typer.Option(help="Checkpoint to run on every accepted instance.")] = None,
     audit_log: Annotated[Path, typer.Option(help="JSON-lines audit log.")] = Path("medsec-audit.jsonl"),
     acknowledge_refused: Annotated[bool, typer.Option(help="Answer 0x0000 even for quarantined instances.")] = False,
+    tls_cert: Annotated[Path | None, typer.Option(help="This node's TLS certificate (PEM); with --tls-key and "
+                                                  "--tls-trust the node accepts TLS associations only.")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="Private key of --tls-cert (PEM).")] = None,
+    tls_trust: Annotated[Path | None, typer.Option(help="Certificates (or CAs) of the peers allowed to connect "
+                                                   "(modalities) and of the archive: a file or folder.")] = None,
+    tls_password: Annotated[str | None, typer.Option(envvar="MEDSEC_TLS_KEY_PASSWORD",
+                                                     help="Password of --tls-key (or $MEDSEC_TLS_KEY_PASSWORD).")] = None,
+    forward_to: Annotated[str | None, typer.Option(help="Archive to forward accepted instances to: AET@host:port "
+                                                   "(e.g. ORTHANC@127.0.0.1:4242).")] = None,
+    forward_tls: Annotated[bool | None, typer.Option("--forward-tls/--forward-plain", help="Forward over TLS "
+                                                     "(default: when the node has --tls-cert).")] = None,
 ) -> None:
-    """Run a DICOM Storage SCP that gates every received instance (Ctrl-C stops it)."""
+    """Run the medsec DICOM node: receive (C-STORE), verify signatures, quarantine what fails, store the rest
+    durably, forward it to the archive and run inference on it (Ctrl-C stops it; see docs/integrity.md)."""
     from medsec.errors import MedsecError
     from medsec.integrity.gate import Gate
     from medsec.integrity.infer import infer_bytes
+    from medsec.integrity.node import Archive, ArchiveUnavailable, Forwarder
     from medsec.integrity.scp import GatedStorageSCP
 
     try:
         gate = Gate(trust, audit_log)
+        tls = _tls_config(tls_cert, tls_key, tls_trust, tls_password)
     except IntegrityError as e:
         raise _fail(e) from None
+    use_tls_out = (tls is not None) if forward_tls is None else forward_tls
+    if use_tls_out and tls is None:
+        raise typer.BadParameter("--forward-tls needs the node's --tls-cert, --tls-key and --tls-trust",
+                                 param_hint="--forward-tls")
+    forwarder = None
+    if forward_to is not None:
+        archive = Archive.parse(forward_to)
+        try:
+            forwarder = Forwarder(store, archive, calling_ae_title=ae_title, tls=tls if use_tls_out else None,
+                                  audit=gate.audit.append if gate.audit is not None else None)
+        except IntegrityError as e:
+            raise _fail(e) from None
+        try:
+            forwarder.echo()
+            console.print(f"archive {archive} answers (C-ECHO{' over TLS' if use_tls_out else ''})", markup=False)
+        except ArchiveUnavailable as e:
+            err_console.print(f"warning: {e}; accepted instances wait in {forwarder.outbox} and are forwarded "
+                              "when it answers", style="yellow", markup=False)
     on_accept = None
     if model is not None:
         try:
@@ -293,14 +353,24 @@ def serve(
             return r
 
     scp = GatedStorageSCP(gate, store, quarantine, ae_title=ae_title, on_accept=on_accept,
-                          refuse=not acknowledge_refused)
-    console.print(f"listening on {host}:{port} as {ae_title}; trust {trust}; audit log {audit_log}", markup=False)
+                          refuse=not acknowledge_refused, forwarder=forwarder,
+                          ssl_context=tls.server_context() if tls is not None else None)
+    mode = f"TLS only (1.2+, BCP 195, client certificates from {tls.trust})" if tls is not None else "plain TCP"
+    pending = len(forwarder.pending()) if forwarder is not None else 0
+    console.print(f"listening on {host}:{port} as {ae_title}, {mode}; signer trust {trust}; audit log {audit_log}"
+                  + (f"; forwarding to {forward_to} ({pending} pending)" if forwarder is not None else ""),
+                  markup=False)
+    if forwarder is not None:
+        forwarder.start()
     try:
         scp.start(host, port, block=True)
     except OSError as e:
         raise MedsecError(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
     except KeyboardInterrupt:
         pass
+    finally:
+        if forwarder is not None:
+            forwarder.stop()
 
 
 def register(app: typer.Typer) -> None:

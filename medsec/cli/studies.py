@@ -83,6 +83,9 @@ def reproduce(
     data_root: DataRootOpt = None,
     n_images: Annotated[int | None, typer.Option("--n-images", min=1,
                                                  help="at most this many test images (default: the paper's)")] = None,
+    seeds: Annotated[str | None, typer.Option(
+        "--seeds", help="comma-separated seeds, e.g. 0,1,2: victims, defences and attacks per seed; the report "
+                        "shows each row's mean, range and verdict")] = None,
     executor: ExecutorOpt = "local",
     address: AddressOpt = None,
 ) -> None:
@@ -91,9 +94,21 @@ def reproduce(
     if name not in REPRODUCERS:
         raise MedsecError(f"unknown paper {name!r} for --paper; available: {', '.join(REPRODUCERS)}")
     cfg = cli_config(profile, cache_dir=cache_dir, seed=seed, device=device, data_root=data_root)
+    if seeds is not None:
+        cfg = cfg.model_copy(update={"reproduce": cfg.reproduce.model_copy(update={"seeds": _parse_seeds(seeds)})})
     ex, cfg, out_dir = _executor(executor, address, cfg, out or Path("reports") / f"{name}-{cfg.profile}")
     REPRODUCERS[name](cfg, out_dir, n_images, ex)
     _wrote(out_dir)
+
+
+def _parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise MedsecError(f"--seeds {text!r}: expected comma-separated integers, e.g. 0,1,2") from None
+    if not seeds:
+        raise MedsecError("--seeds: give at least one seed, e.g. 0,1,2")
+    return seeds
 
 
 def _parse_weights(items: list[str]) -> dict[str, str]:

@@ -39,6 +39,7 @@ from medsec.defences.nets import build_network, network_spec
 from medsec.errors import MedsecError
 from medsec.metrics import threshold_at_fpr
 from medsec.metrics.system import handled as system_handled
+from medsec.models.checkpoint import load_saved
 from medsec.models.inference import batched, module_device
 from medsec.paths import atomic_path
 
@@ -147,13 +148,8 @@ class Defence(nn.Module):
 def load_defence(path: str | Path, map_location: str | torch.device = "cpu") -> Defence:
     """Rebuild a defence written by `Defence.save` (any registered kind), fitted and in eval mode."""
     p = Path(path)
-    if not p.is_file():
-        raise MedsecError(f"defence file {p} does not exist")
-    try:
-        blob = torch.load(p, map_location=map_location, weights_only=True)
-        kind = blob["kind"]
-    except Exception as e:
-        raise MedsecError(f"defence file {p} is unreadable: {e}") from e
+    blob = load_saved(p, "defence file", map_location)
+    kind = blob.get("kind")
     if kind not in REGISTRY:
         raise MedsecError(f"defence file {p} holds an unknown defence kind {kind!r}; known: {', '.join(REGISTRY)}")
     try:

@@ -31,7 +31,7 @@ def fgsm_training_loss(eps: float | tuple[float, float], weight: float = 1.0,
     against the model's own predictions instead of the labels (Li, Pan & Zhu's SSAT on unlabeled data).
     The FGSM images are crafted with the model in eval mode (batch-norm statistics untouched).
     """
-    from medsec.attacks import FGSM
+    from medsec.attacks.engine import FGSM  # the attack engine, for adversarial training
 
     def loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if isinstance(eps, tuple):

@@ -24,13 +24,13 @@ class KeyPasswordError(IntegrityError):
 
 
 class KeyCertMismatchError(IntegrityError):
-    """The private key does not belong to the certificate's public key."""
+    """The private key does not belong to the certificate's public key (a signer's or a TLS node's)."""
 
     exit_code = 20
 
 
 class CertificateValidityError(IntegrityError):
-    """The signer certificate is expired or not yet valid at signing time."""
+    """The signer certificate is expired or not yet valid at signing time, or a TLS certificate now."""
 
     exit_code = 22
 

@@ -184,11 +184,19 @@ class AuditLog:
             "signer": verdict.signer,
             **extra,
         }
+        return self.append(rec)
+
+    def append(self, rec: dict[str, Any]) -> dict[str, Any]:
+        """Append one record (a JSON object on one line; `time` is added when missing)."""
+        if "time" not in rec:
+            rec = {"time": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"), **rec}
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-            with os.fdopen(fd, "a", encoding="utf-8") as f:
-                f.write(json.dumps(rec) + "\n")
+            try:  # one write() of the whole line: concurrent writers (threads, processes) never interleave
+                os.write(fd, (json.dumps(rec) + "\n").encode())
+            finally:
+                os.close(fd)
         except OSError as e:
             raise IntegrityError(f"cannot write audit log {self.path}: {e.strerror or e}") from e
         return rec

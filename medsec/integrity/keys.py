@@ -12,7 +12,9 @@ machine that signs and the one that verifies would do the same.
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -21,13 +23,19 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from medsec.integrity.errors import KeyCertMismatchError, KeyFileError, KeyPasswordError
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
 KeyKind = Literal["rsa", "ecdsa"]
+# What a certificate is for: signing DICOM (digitalSignature + nonRepudiation), a TLS server, a TLS client,
+# or a TLS node that is both (an SCP that also forwards as an SCU): digitalSignature (+ keyEncipherment for
+# RSA) and the matching extended key usages (RFC 5280 4.2.1.12), as OpenSSL checks them in a handshake.
+Purpose = Literal["signing", "tls-server", "tls-client", "tls"]
+PURPOSES: tuple[str, ...] = ("signing", "tls-server", "tls-client", "tls")
+DEFAULT_TLS_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 CURVES: dict[str, type[ec.EllipticCurve]] = {
     "P-256": ec.SECP256R1,
@@ -76,14 +84,22 @@ def make_certificate(
     organization: str | None = None,
     not_before: dt.datetime | None = None,
     backdate: dt.timedelta = DEFAULT_BACKDATE,
+    purpose: Purpose = "signing",
+    hosts: Sequence[str] = (),
 ) -> x509.Certificate:
     """An X.509 v3 certificate for `key`: self-signed unless `issuer_key`/`issuer_cert` (a CA) are given.
 
     Signer certificates carry digitalSignature + nonRepudiation key usage; CA certificates carry
-    basicConstraints CA:TRUE and keyCertSign. `not_before` (UTC) overrides the backdated start, which
-    lets tests make expired or not-yet-valid certificates."""
+    basicConstraints CA:TRUE and keyCertSign. TLS certificates (`purpose` tls-server, tls-client or tls)
+    carry digitalSignature (+ keyEncipherment for RSA), the serverAuth/clientAuth extended key usages and
+    a subjectAltName with `hosts` (DNS names or IP addresses; a TLS server without hosts gets
+    localhost, 127.0.0.1 and ::1). `not_before` (UTC) overrides the backdated start, which lets tests make
+    expired or not-yet-valid certificates."""
     if (issuer_key is None) != (issuer_cert is None):
         raise KeyFileError("an issuing CA needs both its key and its certificate")
+    if purpose not in PURPOSES:
+        raise KeyFileError(f"--purpose {purpose}: choose one of {', '.join(PURPOSES)}")
+    tls = purpose != "signing" and not is_ca
     subject = _name(common_name, organization)
     start, end = _validity(days, not_before, backdate)
     builder = (
@@ -98,8 +114,8 @@ def make_certificate(
         .add_extension(
             x509.KeyUsage(
                 digital_signature=not is_ca,
-                content_commitment=not is_ca,
-                key_encipherment=False,
+                content_commitment=not is_ca and not tls,
+                key_encipherment=tls and isinstance(key, rsa.RSAPrivateKey),
                 data_encipherment=False,
                 key_agreement=False,
                 key_cert_sign=is_ca,
@@ -111,6 +127,14 @@ def make_certificate(
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
     )
+    if tls:
+        usages = {"tls-server": [ExtendedKeyUsageOID.SERVER_AUTH], "tls-client": [ExtendedKeyUsageOID.CLIENT_AUTH],
+                  "tls": [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]}[purpose]
+        builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+        names = list(hosts) or (list(DEFAULT_TLS_HOSTS) if purpose != "tls-client" else [])
+        if names:
+            builder = builder.add_extension(x509.SubjectAlternativeName([_general_name(h) for h in names]),
+                                            critical=False)
     if issuer_cert is not None:
         builder = builder.add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_cert.public_key()),  # type: ignore[arg-type]
@@ -120,6 +144,16 @@ def make_certificate(
     if issuer_cert is not None and issuer_key is not None:
         check_key_matches(issuer_key, issuer_cert, "issuer")
     return builder.sign(signing_key, hashes.SHA256())
+
+
+def _general_name(host: str) -> x509.GeneralName:
+    """A subjectAltName entry: an IP address when `host` parses as one, else a DNS name."""
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        if not host or any(c.isspace() for c in host):
+            raise KeyFileError(f"--host {host!r}: not a DNS name or IP address") from None
+        return x509.DNSName(host)
 
 
 def check_key_matches(key: PrivateKey, cert: x509.Certificate, what: str = "signer") -> None:
@@ -342,12 +376,14 @@ def keygen(
     password: str | None = None,
     not_before: dt.datetime | None = None,
     force: bool = False,
+    purpose: Purpose = "signing",
+    hosts: Sequence[str] = (),
 ) -> KeygenResult:
     """Write OUT/NAME.key (0600) and OUT/NAME.pem, and put the certificate to trust into OUT/trust/.
 
     Three shapes: a self-signed signer (trust its own certificate), a CA (`ca=True`: trust the CA), or
     a signer issued by a CA (`issuer_key_path`/`issuer_cert_path`: the CA certificate goes to trust/).
-    An existing NAME.key/NAME.pem is never overwritten unless `force`."""
+    `purpose`/`hosts` make a TLS certificate instead of a signing one (see `make_certificate`). An existing NAME.key/NAME.pem is never overwritten unless `force`."""
     out = Path(out_dir)
     if not force:
         for existing in (out / f"{name}.key", out / f"{name}.pem"):
@@ -372,6 +408,8 @@ def keygen(
         issuer_key=issuer_key,
         issuer_cert=issuer_cert,
         not_before=not_before,
+        purpose=purpose,
+        hosts=hosts,
     )
     key_path = save_private_key(out / f"{name}.key", key, password)
     cert_path = save_certificate(out / f"{name}.pem", cert)

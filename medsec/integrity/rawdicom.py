@@ -254,7 +254,7 @@ class _Parser:
             pos += 8 + length
 
 
-def _split_meta(buf: bytes, source: str) -> tuple[int, str]:
+def split_meta(buf: bytes, source: str) -> tuple[int, str]:
     """Return (offset where the data set starts, transfer syntax UID) of a Part-10 file."""
     if len(buf) < 132 or buf[128:132] != b"DICM":
         raise UnreadableFileError(f"{source}: not a DICOM file (no 'DICM' marker after the 128-byte preamble)")
@@ -287,11 +287,11 @@ def _reencode(buf: bytes, source: str) -> bytes:
 
 def parse(buf: bytes, source: str = "<bytes>") -> DicomFile:
     """Parse a Part-10 DICOM file into a raw tree (explicit VR LE, re-encoding other syntaxes first)."""
-    start, ts = _split_meta(buf, source)
+    start, ts = split_meta(buf, source)
     reencoded = False
     if ts in (IMPLICIT_VR_LE, EXPLICIT_VR_BE, DEFLATED):
         buf = _reencode(buf, source)
-        start, _ = _split_meta(buf, source)
+        start, _ = split_meta(buf, source)
         reencoded = True
     p = _Parser(buf, source)
     try:

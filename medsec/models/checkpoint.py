@@ -24,13 +24,26 @@ def save_checkpoint(model: nn.Module, path: str | Path, meta: dict[str, Any]) ->
         torch.save({"format": 1, "meta": meta, "state_dict": model.state_dict()}, tmp)
 
 
+def load_saved(path: str | Path, what: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The dict medsec saved at `path` with torch.save, read back with weights_only=True (no pickled code);
+    MedsecError naming `what` ("checkpoint", "defence file") when it is missing or unreadable."""
+    p = Path(path)
+    if not p.is_file():
+        raise MedsecError(f"{what} {p} does not exist")
+    try:
+        blob = torch.load(p, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises many types for a damaged file
+        raise MedsecError(f"{what} {p} is unreadable: {e}") from e
+    if not isinstance(blob, dict):
+        raise MedsecError(f"{what} {p} is unreadable: it holds a {type(blob).__name__}, not medsec's dict")
+    return blob
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the network saved at `path`; returns (model in eval mode, metadata)."""
     p = Path(path)
-    if not p.is_file():
-        raise MedsecError(f"checkpoint {p} does not exist")
+    blob = load_saved(p, "checkpoint", map_location)
     try:
-        blob = torch.load(p, map_location=map_location, weights_only=True)
         meta = blob["meta"]
         model = build_model(**{k: meta[k] for k in BUILD_KEYS})
         model.load_state_dict(blob["state_dict"])

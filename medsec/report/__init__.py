@@ -1,5 +1,5 @@
-"""Reports: one Markdown source per report, rendered to HTML beside it."""
+"""Reports: figures, one document builder (Markdown rendered to HTML beside it), one module per study's report."""
 
-from medsec.report.document import Report, markdown_table, run_provenance
+from medsec.report.document import Report, markdown_table
 
-__all__ = ["Report", "markdown_table", "run_provenance"]
+__all__ = ["Report", "markdown_table"]

@@ -11,7 +11,6 @@ from typing import Any
 import markdown as md
 
 from medsec.paths import ensure_writable_dir, write_text_atomic
-from medsec.provenance import run_provenance  # noqa: F401  (reports and callers used to import it here)
 
 _CSS = """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}

@@ -12,6 +12,7 @@ import torch
 from medsec.report.clean import clean_table
 from medsec.report.document import Report, markdown_table, provenance_markdown
 from medsec.report.figures import metric_curves, roc_figure, sample_strip
+from medsec.studies.pattern import pattern_words
 
 COLUMNS = ("clean", "original_attack_no_defence", "original_attack_with_defence", "adaptive_attack_with_defence")
 HOW_TO_READ = (
@@ -27,38 +28,53 @@ DATA_NOTE = (
     "original attack, does it fall to the adaptive one), not the digits.</p>")
 
 
-def verdict(c: dict[str, Any]) -> str:
-    """What a row says about its defence, from its numbers: broken (the adaptive attack reaches the paper's
-    value), the victim itself resists the eps (floor above it: inconclusive at this scale), or the defence
-    holds at this budget (the undefended victim falls, the defended system does not)."""
-    bound = c["targets"]["paper_bound"]
-    if c["adaptive_attack_with_defence"] <= bound:
-        return "broken"
-    floor = c.get("strong_attack_no_defence")
-    if floor is not None and floor > bound:
-        return "victim resists this eps"
-    return "defence holds at this budget"
-
-
-def _both(src: dict[str, Any], k: str) -> str:
+def _cell(src: dict[str, Any], k: str, spread: dict[str, Any] | None = None) -> str:
+    """One table cell: ours (paper), or over several seeds mean [min-max] (paper)."""
+    if spread and k in spread:
+        sp = spread[k]
+        return f"{sp['mean']:.1f} [{sp['min']:.1f}-{sp['max']:.1f}] ({src['paper'][k]:g})"
     return f"{src[k]:.1f} ({src['paper'][k]:g})"
 
 
+def _seed_spread(c: dict[str, Any], prefix: str = "") -> dict[str, Any] | None:
+    cols = c.get("seeds", {}).get("columns")
+    if not cols:
+        return None
+    return {k[len(prefix):]: v for k, v in cols.items() if k.startswith(prefix) and "." not in k[len(prefix):]}
+
+
+def _floor(c: dict[str, Any]) -> str:
+    f = c.get("floor")
+    if not f:
+        return f"{c['strong_attack_no_defence']:.1f}" if "strong_attack_no_defence" in c else "-"
+    return f"{f['value']:.1f}" + ("" if f["converged"] else " (not converged)")
+
+
+def _pattern(c: dict[str, Any]) -> str:
+    parts = c["pattern"]["parts"]
+    return " / ".join("yes" if parts[k]["ok"] else "**no**"
+                      for k in ("victim_falls", "defence_holds", "adaptive_breaks"))
+
+
 def table1(cells: list[dict[str, Any]]) -> str:
-    """Table 1 in Markdown, with the floor and the verdict of each row."""
-    rows = [[c["id"], c["metric"], f"{c['eps']:g}", c["n_test"], *[_both(c, k) for k in COLUMNS],
-             f"{c['strong_attack_no_defence']:.1f}" if "strong_attack_no_defence" in c else "-",
-             verdict(c), "yes" if c["targets"]["met"] else "**no**"] for c in cells]
-    return ("The *floor* column is a diagnostic, not in the paper: APGD with the adaptive attacks' step budget on "
-            "the undefended victim; an adaptive attack on the defended system cannot be expected to go below it."
-            "\n\n" + markdown_table(
+    """Table 1 in Markdown, with the floor, the paper's pattern in three parts and the verdict of each row."""
+    rows = [[c["id"], c["metric"], f"{c['eps']:g}", c["n_test"], *[_cell(c, k, _seed_spread(c)) for k in COLUMNS],
+             _floor(c), _pattern(c), c["verdict"]] for c in cells]
+    seeds = cells[0].get("seeds", {}).get("seeds") if cells else None
+    over = (f" Over seeds {', '.join(map(str, seeds))}: each cell is the mean [min-max] (paper)." if seeds else "")
+    return ("The *floor* column is a diagnostic, not in the paper: APGD on the undefended victim, its steps doubled "
+            "and a restart added each round until it moves by less than 2 points, per image never weaker than the "
+            "row's other attacks; no attack on the defended system can be expected to go below it. *Paper's "
+            "pattern*: the undefended victim falls to the original attack / the defence holds against it / the "
+            "adaptive attack breaks it (each part's numbers are under the row)." + over + "\n\n" + markdown_table(
                 ["row", "metric", "eps", "n", "Clean", "Original attack, no defence", "Original attack, with defence",
-                 "Adaptive attack, with defence", "floor: strong attack, no defence", "verdict", "target met"], rows))
+                 "Adaptive attack, with defence", "floor", "paper's pattern", "verdict"], rows))
 
 
 def table2(cells: list[dict[str, Any]]) -> str | None:
     """Table 2 in Markdown (None when no selected row has a Table-2 line)."""
-    t2 = [[c["id"], c["table2"]["metric"], *[_both(c["table2"], k) for k in COLUMNS]] for c in cells if "table2" in c]
+    t2 = [[c["id"], c["table2"]["metric"], *[_cell(c["table2"], k, _seed_spread(c, "table2.")) for k in COLUMNS]]
+          for c in cells if "table2" in c]
     if not t2:
         return None
     return ("MGM: victim weighted AUROC (clean, original attack without defence), then the detector's detection "
@@ -67,30 +83,17 @@ def table2(cells: list[dict[str, Any]]) -> str | None:
                                             "Original attack, with defence", "Adaptive attack, with defence"], t2))
 
 
-def target_note(c: dict[str, Any]) -> str:
-    """One line: whether the row's target was met, and if not, why (floor, drop, AUROC)."""
-    tg = c["targets"]
-    if tg["met"]:
-        return ("- target: met (adaptive at or below the paper's value"
-                + (", and >= 30 points below the original attack with defence)" if tg["drop_ok"] else ")"))
-    why = []
-    if not tg["at_or_below_paper"]:
-        why.append(f"adaptive {c['adaptive_attack_with_defence']:.1f} > paper bound {tg['paper_bound']:g}")
-    if tg["drop_ok"] is False:
-        why.append(f"only {tg['drop_vs_original_with_defence']:.1f} points below the original attack with defence "
-                   "(30 wanted)")
-    if tg.get("mgm_auroc_at_most_50") is False:
-        why.append("detection AUROC under the adaptive attack > 50")
-    floor = c.get("strong_attack_no_defence")
-    if floor is not None and floor > tg["paper_bound"]:
-        why.append(f"even without the defence the strongest plain attack of this budget leaves {floor:.1f} "
-                   f"(> {tg['paper_bound']:g}): the scaled-down victim on synthetic data itself resists eps "
-                   f"{c['eps']:g}, so the gap is not the defence's doing")
-    elif floor is not None:
-        why.append(f"without the defence the same budget reaches {floor:.1f}: the defence is what the adaptive "
-                   "attack has not fully beaten at this budget")
-    return ("- target: **not met** — " + "; ".join(why) + ". Nothing was tuned to close the gap (same eps, same "
-            "images, threshold fixed before the attack).")
+def pattern_note(c: dict[str, Any]) -> list[str]:
+    """The paper's pattern for a row, each part yes or no with its numbers, the bars it misses, and per seed."""
+    lines = ["- paper's pattern: " + "; ".join(pattern_words(c))]
+    missed = [k.replace("_", " ") for k, ok in c["pattern"]["checks"].items() if not ok]
+    if missed:
+        lines.append("- bars not met: " + ", ".join(missed) + ". Nothing was tuned to close a gap (same eps, same "
+                     "images, threshold fixed before the attack).")
+    seeds = c.get("seeds")
+    if seeds:
+        lines.append("- per seed: " + "; ".join(f"seed {s}: {v}" for s, v in seeds["verdicts"].items()))
+    return lines
 
 
 def row_notes(c: dict[str, Any]) -> list[str]:
@@ -105,9 +108,13 @@ def row_notes(c: dict[str, Any]) -> list[str]:
                      f"{c['rejected_original']:.1f}%, adaptive attack {c['rejected_adaptive']:.1f}% "
                      f"(threshold {c['threshold']:.4g}, fixed at fit time)")
     lines.append(f"- clean performance of the undefended victim: {c['clean_victim']:.1f}")
-    if "strong_attack_no_defence" in c:
-        lines.append(f"- floor: {c['strong_attack']} leaves {c['strong_attack_no_defence']:.1f}")
-    lines.append(target_note(c))
+    if "floor" in c:
+        steps = ", ".join(f"{r['value']:.1f}" + (f" after {r['steps']} steps x {r['restarts']}" if r["steps"] else
+                                                  " from the row's other attacks") for r in c["floor"]["rounds"])
+        state = "converged" if c["floor"]["converged"] else "**not converged** within the rounds allowed"
+        lines.append(f"- floor: {c['strong_attack']}: {steps} ({state})")
+    lines.append(f"- verdict: {c['verdict']}")
+    lines.extend(pattern_note(c))
     return lines
 
 

@@ -6,11 +6,9 @@ from pathlib import Path
 from typing import Any
 
 from medsec.report.document import Report, markdown_table, provenance_markdown
+from medsec.studies.li_zhu import ATTACKS, METHODS, SETTINGS
 
-METHODS = ("iso", "ocsvm", "mgm")
 METHOD_LABEL = {"none": "No defence", "iso": "ISO", "ocsvm": "OCSVM", "mgm": "MGM"}
-ATTACKS = ("fgsm", "bim", "pgd", "mim")
-SETTING_EPS = {"white-box": 0.02, "black-box": 0.05}
 
 
 def li_zhu_report(result: dict[str, Any]) -> Report:
@@ -26,7 +24,7 @@ def li_zhu_report(result: dict[str, Any]) -> Report:
         f"{result['clean_weighted_auroc']:.3f} ± {result['clean_auroc_std']:.3f}.\n\n"
         "Each cell: F1 / weighted AUROC ± std over findings — ours, then the paper's. F1 without a detector is 0 "
         "here (nothing is flagged); the paper prints 0.5 for that baseline."))
-    for setting in SETTING_EPS:
+    for setting in SETTINGS:
         rows = []
         for m in ("none", *METHODS):
             line: list[Any] = [METHOD_LABEL[m]]
@@ -38,7 +36,7 @@ def li_zhu_report(result: dict[str, Any]) -> Report:
                 line.append(f"{p[0]:.3f} / {p[1]:.3f}")
             rows.append(line)
         headers = ["method"] + [h for a in ATTACKS for h in (f"{a.upper()} ours", f"{a.upper()} paper")]
-        eps = SETTING_EPS[setting]
+        eps = SETTINGS[setting]["eps"]
         r.add(f"{setting.capitalize()} attack (eps {eps})", markdown_table(headers, rows))
     det_rows = []
     for c in result["rows"]:

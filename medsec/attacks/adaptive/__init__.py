@@ -3,6 +3,7 @@
 See docs/adaptive.md. ``recipe_for(defence, eps)(defence, x, y) -> x_adv``.
 """
 
+from medsec.attacks.adaptive.orthogonal import OrthogonalPGD, SelectivePGD, evasion_quality
 from medsec.attacks.adaptive.recipes import (
     DenoiserRecipe,
     DetectorRecipe,
@@ -33,7 +34,8 @@ from medsec.defences.base import exposed, is_detector, rejected
 
 __all__ = [
     "BPDA", "BestOf", "DenoiserRecipe", "DetectorRecipe", "EnsembleRecipe", "GMMRecipe", "MGMRecipe",
-    "RBFRecipe", "Recipe", "SurrogateTransfer", "accepted_by", "bpda", "class_mean_term", "detector_term", "exposed",
-    "feature_distance_term", "gaussian_scale", "is_detector", "patient_attacks", "quality", "ramp", "recipe_for",
+    "OrthogonalPGD", "RBFRecipe", "Recipe", "SelectivePGD", "SurrogateTransfer", "accepted_by", "bpda",
+    "class_mean_term", "detector_term", "evasion_quality", "exposed", "feature_distance_term", "gaussian_scale",
+    "is_detector", "patient_attacks", "quality", "ramp", "recipe_for",
     "rejected", "sign_average", "task_of",
 ]

@@ -6,12 +6,15 @@ judges success on the defended system (accepted by the detector and misclassifie
 are never touched. :func:`recipe_for` picks the recipe from the exposed parts, not from class names.
 
 - :class:`MGMRecipe` (4.1): classification loss, then (once fooled) + lambda * ||f(x) - mu||^2 (eq. 2), APGD +
-  PGD, best kept.
+  PGD, and orthogonal PGD (Bryniarski et al. 2022) on the detector's own score; best kept, the detector's
+  score breaking ties, so images the classifier still gets right leave less suspicious too (Table 2).
 - :class:`GMMRecipe` (4.2): two stages — leave the true class for the nearest fooling class, then make the
-  classifier and that class's Gaussian accept the sample (L2 stand-in to the class mean).
+  classifier and that class's Gaussian accept the sample (L2 stand-in to the class mean; orthogonal PGD on
+  that class's score).
 - :class:`EnsembleRecipe` (4.3): eq. 3, eps * mean_i sign(grad L_i), then iterated with restarts.
 - :class:`DenoiserRecipe` (4.4): limited knowledge: surrogate ensemble of the defence's architecture,
-  eq. 3 iterated, the most effective samples kept, evaluated on the victim.
+  eq. 3 iterated, and momentum + input diversity (+ translation invariance), the most effective samples (on
+  the surrogates) kept, evaluated on the victim.
 - :class:`RBFRecipe` (4.5): patience and diversity: many small steps, several attacks, best per sample.
 """
 
@@ -24,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from medsec.attacks.adaptive.orthogonal import OrthogonalPGD, evasion_quality
 from medsec.attacks.adaptive.strategies import (
     BestOf,
     SurrogateTransfer,
@@ -41,6 +45,7 @@ from medsec.attacks.apgd import APGD
 from medsec.attacks.core import Attack, AttackResult, CompositeAttack, check_eps, check_positive_int
 from medsec.attacks.engine import PGD
 from medsec.attacks.losses import ExtraTerm, Loss, Margin, Selective
+from medsec.attacks.transfer import LogitEnsemble, ti_kernel_size, transfer_attack
 from medsec.defences.base import exposed, is_detector
 from medsec.errors import MedsecError
 from medsec.metrics import task_of_outputs
@@ -87,10 +92,11 @@ def _need(ex: dict[str, Any], key: str, defence: Any, recipe: str) -> Any:
     return ex[key]
 
 
-def _finish(res: AttackResult, defence: nn.Module, y: Tensor, task: str, finding: Tensor | None = None) -> AttackResult:
+def _finish(res: AttackResult, defence: nn.Module, y: Tensor, task: str, finding: Tensor | None = None,
+            judge: Callable[..., Tensor] = quality) -> AttackResult:
     q = res.info.get("quality")  # BestOf already judged its pick with this very objective
     if q is None:
-        q = quality(defence, res.x_adv, y, task, finding)
+        q = judge(defence, res.x_adv, y, task, finding)
     info = dict(res.info)
     info["quality"] = q
     return AttackResult(res.x_adv, q < 1.0, info)
@@ -105,17 +111,29 @@ class MGMRecipe(Recipe):
     of the steps. Optimised by APGD and by PGD with restarts; the best
     sample per image (accepted and wrong first) is kept. With exact=True a third attack adds the detector's own
     score instead of the stand-in (strategy 1 unsimplified), in case the stand-in misses low-variance
-    directions of Sigma. For multi-label victims the top clean finding is attacked (Li & Zhu)."""
+    directions of Sigma. With orthogonal=True (default) orthogonal PGD (Bryniarski et al. 2022,
+    :class:`~medsec.attacks.adaptive.orthogonal.OrthogonalPGD`) joins them, on the detector's exact score
+    (detector_loss="score") or on the L2 stand-in ("l2"), and the best sample per image is picked by
+    :func:`~medsec.attacks.adaptive.orthogonal.evasion_quality` (handled or not first, then the lower detector
+    score), so that images the classifier still gets right leave with a lower score too; orthogonal=False is
+    the recipe as it was before (no orthogonal PGD, ties broken by the classifier's margin).
+    For multi-label victims the top clean finding is attacked (Li & Zhu)."""
 
     name = "mgm-adaptive"
-    strategies = ("expand loss", "simplify loss (L2 to the mean)", "incremental (APGD)", "restarts")
+    strategies: tuple[str, ...] = ("expand loss", "simplify loss (L2 to the mean)", "incremental (APGD)", "restarts",
+                  "orthogonal PGD (Bryniarski et al. 2022)")
 
     def __init__(self, eps: float, steps: int = 100, restarts: int = 2, lam: float = 1.0, lam_start: float = 0.1,
-                 kappa: float = 2.0, exact: bool = True, seed: int | None = 0,
+                 kappa: float = 2.0, exact: bool = True, orthogonal: bool = True, detector_loss: str = "score",
+                 seed: int | None = 0,
                  batch_size: int | None = None) -> None:
         super().__init__(eps, steps, restarts, seed, batch_size)
         self.lam, self.lam_start, self.kappa = float(lam), float(lam_start), float(kappa)
         self.exact = bool(exact)
+        self.orthogonal = bool(orthogonal)
+        self.detector_loss = _check_detector_loss(detector_loss)
+        if not self.orthogonal:
+            self.strategies = self.strategies[:-1]
 
     def _compose(self, defence: nn.Module, x: Tensor, y: Tensor) -> AttackResult:
         ex = exposed(defence)
@@ -132,14 +150,58 @@ class MGMRecipe(Recipe):
             ("pgd-margin+l2mean", PGD(eps=self.eps, steps=self.steps, restarts=self.restarts,
                                      alpha=2.5 * self.eps / self.steps, loss=loss, **kw)),
         ]
-        if self.exact and callable(getattr(defence, "score", None)):
+        has_score = callable(getattr(defence, "score", None))
+        spread = _score_scale(defence, x) if has_score and (self.exact or self.orthogonal) else 1.0
+        if self.exact and has_score:
             # strategy 1 without the simplification: the detector's own score, scaled by its clean spread
-            exact: Loss = Selective(Margin(self.kappa), detector_term(defence, _score_scale(defence, x)), sched)
+            exact: Loss = Selective(Margin(self.kappa), detector_term(defence, spread), sched)
             attacks.append(("apgd-margin+score", APGD(eps=self.eps, steps=self.steps, restarts=self.restarts,
                                                       loss=exact, success=succ, seed=self.seed)))
         finding = _top_finding(defence, x) if task == "multilabel" else None
-        res = BestOf(attacks, objective=lambda xa, yy: quality(defence, xa, y, task, finding)).run(defence, x, y)
-        return _finish(res, defence, y, task, finding)
+        judge = evasion_quality if self.orthogonal and has_score else quality
+        res = BestOf(attacks, objective=lambda xa, yy: judge(defence, xa, y, task, finding)).run(defence, x, y)
+        if self.orthogonal and has_score:
+            stand_in = feature_distance_term(mean, scale) if self.detector_loss == "l2" else None
+            res = _refine(res, _orthogonal(defence, spread, stand_in, self, kw), defence, x, y,
+                          lambda xa: judge(defence, xa, y, task, finding))
+        return _finish(res, defence, y, task, finding, judge)
+
+
+DETECTOR_LOSSES = ("score", "l2")
+
+
+def _check_detector_loss(name: str) -> str:
+    if name not in DETECTOR_LOSSES:
+        raise MedsecError(f"detector_loss must be 'score' (the detector's own score) or 'l2' (Levy et al.'s "
+                          f"feature-distance stand-in), got {name!r}")
+    return name
+
+
+def _refine(res: AttackResult, named: tuple[str, OrthogonalPGD], defence: nn.Module, x: Tensor, y_attack: Tensor,
+            judge: Callable[[Tensor], Tensor]) -> AttackResult:
+    """The detector-aware last stage: orthogonal PGD warm-started at the best sample so far (a misclassified
+    one goes straight to lowering the detector's score), and per image the better of the two by `judge`
+    (lower wins; the best-of stage's "quality" must come from the same judge)."""
+    name, atk = named
+    cand = atk.run(defence, x, y_attack, verify=False, start=res.x_adv).x_adv
+    q, best_q = judge(cand).float(), res.info["quality"].float()
+    better = q < best_q
+    x_adv = torch.where(better.view(-1, *([1] * (x.ndim - 1))), cand, res.x_adv)
+    chosen = [name if b else c for b, c in zip(better.tolist(), res.info["chosen"], strict=True)]
+    q_new = torch.where(better, q, best_q)
+    return AttackResult(x_adv, q_new < 1.0, {**res.info, "chosen": chosen, "quality": q_new})
+
+
+def _orthogonal(defence: Any, spread: float, stand_in: Loss | None, recipe: Recipe, kw: dict[str, Any]
+                ) -> tuple[str, OrthogonalPGD]:
+    """The orthogonal-PGD candidate of a detector recipe: on the detector's exact score (in units of its clean
+    spread) or on an L2 stand-in (then the kept iterate is still picked by the detector's own score)."""
+    if stand_in is None:
+        det, label, score = detector_term(defence, spread), "score", None
+    else:
+        det, label, score = stand_in, "l2", defence.score
+    return (f"orthogonal-pgd+{label}", OrthogonalPGD(det, eps=recipe.eps, steps=recipe.steps,
+                                                     restarts=recipe.restarts, score=score, **kw))
 
 
 def _score_scale(defence: Any, x: Tensor) -> float:
@@ -159,20 +221,28 @@ class GMMRecipe(Recipe):
     image (the highest non-true logit at the stage-1 point). Stage 2 is a targeted attack towards t whose loss
     is the targeted margin (capped at kappa) plus, once t is predicted (``Selective``), lambda(t) *
     (-||f(x) - mu_t||^2 / tr(Sigma_t)), the L2 stand-in for class t's Gaussian, with APGD and PGD + restarts; with exact=True a third attack uses the
-    exposed ``class_score(x, t)`` (the detector's own score for class t) instead of the stand-in. The best
-    sample per image is kept."""
+    exposed ``class_score(x, t)`` (the detector's own score for class t) instead of the stand-in. With
+    orthogonal=True (default) stage 2 also runs targeted orthogonal PGD (Bryniarski et al. 2022) on class t's
+    score (detector_loss="score") or on the L2 stand-in ("l2"), and the best sample per image is picked with
+    the detector's score breaking ties (:func:`~medsec.attacks.adaptive.orthogonal.evasion_quality`);
+    orthogonal=False is the recipe as it was before."""
 
     name = "gmm-adaptive"
-    strategies = ("two-stage targeting", "expand loss", "simplify loss (L2 to the class mean)",
-                  "incremental (APGD)", "restarts")
+    strategies: tuple[str, ...] = ("two-stage targeting", "expand loss", "simplify loss (L2 to the class mean)",
+                  "incremental (APGD)", "restarts", "orthogonal PGD (Bryniarski et al. 2022)")
 
     def __init__(self, eps: float, steps: int = 100, restarts: int = 2, stage1_steps: int = 20, lam: float = 1.0,
-                 lam_start: float = 0.1, kappa: float = 2.0, exact: bool = True, seed: int | None = 0,
+                 lam_start: float = 0.1, kappa: float = 2.0, exact: bool = True, orthogonal: bool = True,
+                 detector_loss: str = "score", seed: int | None = 0,
                  batch_size: int | None = None) -> None:
         super().__init__(eps, steps, restarts, seed, batch_size)
         self.stage1_steps = check_positive_int(stage1_steps, "stage1_steps")
         self.lam, self.lam_start, self.kappa = float(lam), float(lam_start), float(kappa)
         self.exact = bool(exact)
+        self.orthogonal = bool(orthogonal)
+        self.detector_loss = _check_detector_loss(detector_loss)
+        if not self.orthogonal:
+            self.strategies = self.strategies[:-1]
 
     def _compose(self, defence: nn.Module, x: Tensor, y: Tensor) -> AttackResult:
         ex = exposed(defence)
@@ -198,20 +268,32 @@ class GMMRecipe(Recipe):
                                             alpha=2.5 * self.eps / self.steps, **kw)),
         ]
         class_score = ex.get("class_score")
+        spread = _score_scale(defence, x) if callable(class_score) and (self.exact or self.orthogonal) else 1.0
+
+        def exact_fn(out: Tensor, feats: Tensor | None, xa: Tensor, t: Tensor) -> Tensor:
+            assert callable(class_score)
+            return -class_score(xa, t).reshape(-1).float() / spread
+
         if self.exact and callable(class_score):
             # strategy 1 unsimplified: the detector's own score for the target class, in units of its clean spread
-            spread = _score_scale(defence, x)
-
-            def exact_fn(out: Tensor, feats: Tensor | None, xa: Tensor, t: Tensor) -> Tensor:
-                return -class_score(xa, t).reshape(-1).float() / spread
-
             exact: Loss = Selective(Margin(self.kappa), ExtraTerm(exact_fn, needs_features=False, name="class-score"),
                                     ramp(self.lam_start, self.lam))
             attacks.append(("apgd-targeted+class-score", APGD(
                 eps=self.eps, steps=self.steps, restarts=self.restarts, loss=exact, targeted=True,
                 success=accepted_by(defence), seed=self.seed)))
-        res = BestOf(attacks, objective=lambda xa, _t: quality(defence, xa, y, "classification")).run(defence, x, target)
-        out = _finish(res, defence, y, "classification")
+        orthogonal = self.orthogonal and callable(class_score)
+        judge: Callable[..., Tensor] = evasion_quality if orthogonal else quality
+        res = BestOf(attacks, objective=lambda xa, _t: judge(defence, xa, y, "classification")).run(defence, x, target)
+        if orthogonal:
+            # orthogonal PGD towards t: the target's margin, then class t's score (or its L2 stand-in)
+            det: Loss = (class_mean_term(means, scales) if self.detector_loss == "l2"
+                         else ExtraTerm(exact_fn, needs_features=False, name="class-score"))
+            score: Callable[[Tensor], Tensor] | None = ex.get("score") if self.detector_loss == "l2" else None
+            opgd = OrthogonalPGD(det, eps=self.eps, steps=self.steps, restarts=self.restarts, score=score,
+                                 grad_model=clf, targeted=True, success=accepted_by(defence), seed=self.seed)
+            res = _refine(res, (f"orthogonal-pgd-targeted+{self.detector_loss}", opgd), defence, x, target,
+                          lambda xa: judge(defence, xa, y, "classification"))
+        out = _finish(res, defence, y, "classification", judge=judge)
         out.info["target"] = target
         return out
 
@@ -246,19 +328,30 @@ SurrogateFactory = Callable[[int], nn.Module]
 
 
 class DenoiserRecipe(Recipe):
-    """Levy et al. 4.4 (limited knowledge): a small ensemble of surrogates with the defence's architecture
-    (trained by the caller on the attacker's own data, e.g. with other seeds), eq. 3 iterated with restarts on
-    them, the most effective samples (judged on the surrogates) kept, then evaluated on the victim."""
+    """Levy et al. 4.4 (limited knowledge): a small ensemble of surrogates (trained by the caller on the
+    attacker's own data, e.g. with other seeds: copies of the defence's architecture, and any other model the
+    attacker owns), eq. 3 iterated with restarts on them, and, with transfer=True (default), the field's
+    transfer-enhancing techniques (:mod:`medsec.attacks.transfer`): MI-DI-FGSM and MI-DI-TI-FGSM on the mean of
+    the surrogates' logits, ``transfer_steps`` iterations (default: max(steps, 100); these attacks need many
+    small steps). The most effective samples, judged on the surrogates only, are kept, then evaluated on the
+    victim, which is never queried while crafting. transfer=False is the recipe as it was before."""
 
     name = "denoiser-adaptive"
-    strategies = ("wisdom of the crowd (surrogate ensemble)", "incremental", "restarts",
-                  "keep the most effective samples")
+    strategies: tuple[str, ...] = ("wisdom of the crowd (surrogate ensemble)", "incremental", "restarts",
+                                   "keep the most effective samples",
+                                   "momentum, input diversity, translation invariance")
 
     def __init__(self, eps: float, surrogates: Sequence[nn.Module] | None = None,
                  surrogate_factory: SurrogateFactory | None = None, n_surrogates: int = 3, steps: int = 20,
-                 restarts: int = 3, seed: int | None = 0,
+                 restarts: int = 3, transfer: bool = True, transfer_steps: int | None = None,
+                 seed: int | None = 0,
                  batch_size: int | None = None) -> None:
         super().__init__(eps, steps, restarts, seed, batch_size)
+        self.transfer = bool(transfer)
+        self.transfer_steps = check_positive_int(transfer_steps if transfer_steps is not None else max(steps, 100),
+                                                 "transfer_steps")
+        if not self.transfer:
+            self.strategies = self.strategies[:-1]
         if not surrogates and surrogate_factory is None:
             raise MedsecError("the Denoiser recipe needs surrogate models or a surrogate_factory(seed) (limited "
                               "knowledge: the attacker trains its own copies of the architecture)")
@@ -274,7 +367,15 @@ class DenoiserRecipe(Recipe):
 
     def _compose(self, defence: nn.Module, x: Tensor, y: Tensor) -> AttackResult:
         task = task_of(defence, x, y)
-        atk = SurrogateTransfer(self._models(), self.eps, steps=self.steps, restarts=self.restarts, seed=self.seed)
+        models = self._models()
+        extra: list[Attack] = []
+        if self.transfer:
+            ens = LogitEnsemble(models).eval()
+            kw: dict[str, Any] = {"grad_model": ens, "seed": self.seed}
+            extra = [transfer_attack(self.eps, self.transfer_steps, **kw),
+                     transfer_attack(self.eps, self.transfer_steps, ti_size=ti_kernel_size(x.shape[-1]), **kw)]
+        atk = SurrogateTransfer(models, self.eps, steps=self.steps, restarts=self.restarts, candidates=extra,
+                                seed=self.seed)
         return _finish(atk.run(defence, x, y), defence, y, task)
 
 
@@ -297,28 +398,42 @@ class RBFRecipe(Recipe):
 
 class DetectorRecipe(Recipe):
     """Generic expanded-loss attack on any detector with a differentiable score: margin (capped), plus once
-    misclassified lambda(t) * (-score(x) / scale), scale = the spread of the clean scores; APGD and PGD with restarts, best kept."""
+    misclassified lambda(t) * (-score(x) / scale), scale = the spread of the clean scores; APGD and PGD with
+    restarts; with orthogonal=True (default) also orthogonal PGD (Bryniarski et al. 2022) on the score, the best
+    sample per image picked with the detector's score breaking ties (orthogonal=False: the recipe as before).
+    For multi-label victims the top clean finding is attacked."""
 
     name = "detector-adaptive"
-    strategies = ("expand loss (detector score)", "incremental (APGD)", "restarts")
+    strategies: tuple[str, ...] = ("expand loss (detector score)", "incremental (APGD)", "restarts",
+                  "orthogonal PGD (Bryniarski et al. 2022)")
 
     def __init__(self, eps: float, steps: int = 100, restarts: int = 2, lam: float = 1.0, kappa: float = 2.0,
-                 seed: int | None = 0,
+                 orthogonal: bool = True, seed: int | None = 0,
                  batch_size: int | None = None) -> None:
         super().__init__(eps, steps, restarts, seed, batch_size)
         self.lam, self.kappa = float(lam), float(kappa)
+        self.orthogonal = bool(orthogonal)
+        if not self.orthogonal:
+            self.strategies = self.strategies[:-1]
 
     def _compose(self, defence: nn.Module, x: Tensor, y: Tensor) -> AttackResult:
         task = task_of(defence, x, y)
-        loss: Loss = Selective(Margin(self.kappa), detector_term(defence, _score_scale(defence, x)), ramp(0.1 * self.lam, self.lam))
+        spread = _score_scale(defence, x)
+        loss: Loss = Selective(Margin(self.kappa), detector_term(defence, spread), ramp(0.1 * self.lam, self.lam))
         succ = accepted_by(defence) if is_detector(defence) else None
         kw: dict[str, Any] = {"loss": loss, "success": succ, "seed": self.seed}
         attacks: list[tuple[str, Attack]] = [
             ("apgd-margin+score", APGD(eps=self.eps, steps=self.steps, restarts=self.restarts, **kw)),
             ("pgd-margin+score", PGD(eps=self.eps, steps=self.steps, restarts=self.restarts, **kw)),
         ]
-        res = BestOf(attacks, task=task).run(defence, x, y)
-        return _finish(res, defence, y, task)
+        if not self.orthogonal:
+            res = BestOf(attacks, task=task).run(defence, x, y)
+            return _finish(res, defence, y, task)
+        finding = _top_finding(defence, x) if task == "multilabel" else None
+        res = BestOf(attacks, objective=lambda xa, _y: evasion_quality(defence, xa, y, task, finding)).run(defence, x, y)
+        res = _refine(res, _orthogonal(defence, spread, None, self, {"success": succ, "seed": self.seed}), defence,
+                      x, y, lambda xa: evasion_quality(defence, xa, y, task, finding))
+        return _finish(res, defence, y, task, finding, evasion_quality)
 
 
 def recipe_for(defence: nn.Module, eps: float, **options: Any) -> Recipe:

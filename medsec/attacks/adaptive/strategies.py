@@ -251,15 +251,18 @@ class SurrogateTransfer(CompositeAttack):
     defence's architecture (sign-averaged gradients, eq. 3, iterated; and momentum on their summed loss), run
     several restarts, and keep per
     image the candidate that is most effective ON THE SURROGATES (highest mean surrogate loss among those
-    fooling the most surrogates). The victim is never queried while crafting; it only judges the result."""
+    fooling the most surrogates). The victim is never queried while crafting; it only judges the result.
+    ``candidates``: further attacks, built with ``grad_model=`` the surrogates (e.g.
+    :func:`medsec.attacks.transfer.transfer_attack`), run and judged on the surrogates like the rest."""
 
     name = "surrogate-transfer"
 
     def __init__(self, surrogates: Sequence[nn.Module], eps: float, steps: int = 20, restarts: int = 3,
-                 loss: str | Loss = "ce", **kw: Any) -> None:
+                 loss: str | Loss = "ce", candidates: Sequence[Attack] = (), **kw: Any) -> None:
         if not surrogates:
             raise MedsecError("SurrogateTransfer needs at least one surrogate model")
         super().__init__(grad_model=list(surrogates), **kw)  # guarded with the model under attack
+        self.extra_attacks = list(candidates)
         self.surrogates = list(surrogates)
         self.eps = check_eps(eps)
         self.steps = steps
@@ -268,13 +271,14 @@ class SurrogateTransfer(CompositeAttack):
 
     def _candidates(self, x: Tensor, y: Tensor) -> list[Tensor]:
         assert self.eps is not None
-        out = [sign_average(self.surrogates, self.eps, steps=1, loss=self.attack_loss, seed=self.seed)]
+        out: list[Attack] = [sign_average(self.surrogates, self.eps, steps=1, loss=self.attack_loss, seed=self.seed)]
         for r in range(self.restarts):
             out.append(sign_average(self.surrogates, self.eps, steps=self.steps, loss=self.attack_loss,
                                     random_start=r > 0, seed=None if self.seed is None else self.seed + r))
         # momentum on the ensemble's summed loss (Dong et al. 2018): their recipe for transferable examples
         out.append(MIM(eps=self.eps, steps=self.steps, loss=self.attack_loss, grad_model=self.surrogates,
                        seed=self.seed))
+        out.extend(self.extra_attacks)
         return [a(self.surrogates[0], x, y) for a in out]
 
     @torch.no_grad()

@@ -44,3 +44,13 @@ def trained(data: MedicalDataset, seed: int = 0) -> torch.nn.Module:
 @pytest.fixture(scope="session")
 def victim(toy_data) -> torch.nn.Module:
     return trained(toy_data)
+
+
+@pytest.fixture(scope="session")
+def toy_gmm(toy_data, victim):
+    """A GMM defence (no SSAT) on a copy of the tiny victim, fitted on the toy data."""
+    from medsec.defences import GMM
+
+    gmm = GMM(build_network(spec()), 2, ssat_epochs=0)
+    gmm.classifier.load_state_dict(victim.state_dict())
+    return gmm.fit(toy_data)

@@ -19,9 +19,9 @@ from medsec.attacks.adaptive import (
     recipe_for,
     sign_average,
 )
-from medsec.defences import GMM, MGM, RBF, Denoiser, Ensemble, build_network
+from medsec.defences import MGM, RBF, Denoiser, Ensemble
 from medsec.errors import MedsecError
-from tests.attacks.adaptive.conftest import TINY, spec, trained
+from tests.attacks.adaptive.conftest import TINY, trained
 
 
 def _handled(defence, x_adv, y) -> float:
@@ -48,10 +48,8 @@ def test_mgm_recipe_evades_detector_and_threshold_is_untouched(toy_data, victim)
     assert torch.equal(res.success, quality(mgm, res.x_adv, y, "classification") < 1)
 
 
-def test_gmm_two_stage_recipe_beats_gmm(toy_data, victim):
-    gmm = GMM(build_network(spec()), 2, ssat_epochs=0)
-    gmm.classifier.load_state_dict(victim.state_dict())
-    gmm.fit(toy_data)
+def test_gmm_two_stage_recipe_beats_gmm(toy_data, toy_gmm):
+    gmm = toy_gmm
     thr = float(gmm.threshold)
     x, y = toy_data.test.images(), toy_data.test.target_tensor()
     eps = 0.1
@@ -90,20 +88,26 @@ def test_ensemble_eq3_recipe_fools_the_ensemble(toy_data, ensemble):
     assert _handled(ensemble, res.x_adv, y) <= min(plain, clean - 0.5), (clean, plain)
 
 
-def test_denoiser_limited_knowledge_recipe_transfers(toy_data):
+@pytest.fixture(scope="module")
+def denoisers(toy_data) -> dict[int, Denoiser]:
+    """Tiny denoiser defences by seed: 0 is the victim, the others the attacker's own copies."""
     def make(seed: int) -> Denoiser:
         torch.manual_seed(seed)
         d = Denoiser.build(arch="resnet20", task="classification", in_channels=1, num_outputs=2, width=0.25,
                            depth=0.34, mean=[0.5], std=[0.25], ae_width=4)
         return d.fit(toy_data, TINY, seed=seed)
 
-    victim = make(0)
+    return {s: make(s) for s in (0, 11, 12)}
+
+
+def test_denoiser_limited_knowledge_recipe_transfers(toy_data, denoisers):
+    victim = denoisers[0]
     x, y = toy_data.test.images(), toy_data.test.target_tensor()
     eps = 0.1
-    surrogates = [make(s).classifier for s in (11, 12)]
+    surrogates = [denoisers[s].classifier for s in (11, 12)]
     # the original (transfer) attack: FGSM from one surrogate
     plain = _handled(victim, FGSM(eps=eps)(surrogates[0], x, y), y)
-    res = DenoiserRecipe(eps, surrogates=surrogates, steps=10, restarts=1).run(victim, x, y)
+    res = DenoiserRecipe(eps, surrogates=surrogates, steps=10, restarts=1, transfer_steps=30).run(victim, x, y)
     _in_ball(res.x_adv, x, eps)
     assert _handled(victim, res.x_adv, y) <= plain - 0.1
     assert isinstance(recipe_for(victim, eps, surrogates=surrogates), DenoiserRecipe)
@@ -148,3 +152,20 @@ def test_recipes_reject_bad_budgets():
         MGMRecipe(1.5)
     with pytest.raises(MedsecError):
         RBFRecipe(-0.1)
+
+
+def test_denoiser_recipe_with_transfer_techniques_selects_on_the_surrogates_only(toy_data, victim, denoisers):
+    target = denoisers[0]
+    x, y = toy_data.test.images(), toy_data.test.target_tensor()
+    eps = 0.1
+    # every model the attacker owns: a denoiser copy and a plain network
+    surrogates = [denoisers[11].classifier, trained(toy_data, seed=7)]
+    recipe = DenoiserRecipe(eps, surrogates=surrogates, steps=5, restarts=1, transfer_steps=10)
+    res = recipe.run(target, x, y)
+    _in_ball(res.x_adv, x, eps)
+    # the victim never shapes the samples: the same surrogates give the same images against another victim
+    assert torch.equal(res.x_adv, recipe.run(victim, x, y).x_adv)
+    plain = _handled(target, DenoiserRecipe(eps, surrogates=surrogates, steps=5, restarts=1, transfer=False)(
+        target, x, y), y)
+    assert _handled(target, res.x_adv, y) <= plain + 1e-9  # more candidates, judged on the surrogates
+    assert "momentum, input diversity, translation invariance" in recipe.describe()

@@ -1,0 +1,167 @@
+"""Detector evasion and limited-knowledge transfer at the state of the art, side by side in one run.
+
+detectors: on a Levy-et-al. detector row (the quick profile's cached victim and defence, the study's own
+  cache), the previous adaptive recipe (``orthogonal=False``), the current one, and a plain orthogonal PGD
+  (Bryniarski et al. 2022) on the detector's exact score: accuracy with defence (an adversarial image counts
+  as handled when rejected or still right; multi-label: the top clean finding), rejection rate, detection
+  AUROC (clean vs adversarial detector scores, every attacked image) and seconds. The threshold is the one
+  fixed at fit time; the run fails if it changed.
+transfer: on the Denoiser row's surrogates (the attacker's denoiser copies and the plain surrogate of the
+  original attack), medsec's limited-knowledge recipe next to torchattacks' MI-DI-FGSM (DIFGSM, decay 1.0) on
+  the mean of the same surrogates' logits, 100 steps, both judged on the defended victim; exit code 1 when
+  medsec's leaves a higher accuracy than the best MI-DI-FGSM variant on the same surrogates.
+
+Everything uses the same first n test images and the row's eps ([0, 1] pixel units, L_inf).
+
+    OMP_NUM_THREADS=2 PYTHONPATH=. python benchmarks/evasion.py detectors [--rows mgm-chest14,gmm-rsna] [--n 64]
+    OMP_NUM_THREADS=2 PYTHONPATH=. python benchmarks/evasion.py transfer [--n 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from common import machine, torchattacks_or_exit
+from torch import Tensor, nn
+
+from medsec.attacks.adaptive import DenoiserRecipe, accepted_by, detector_term, exposed, recipe_for, rejected
+from medsec.attacks.adaptive.orthogonal import OrthogonalPGD, suspicion
+from medsec.attacks.transfer import LogitEnsemble
+from medsec.config import load_config
+from medsec.metrics import detection_auroc
+from medsec.studies.common import handled_scores
+from medsec.studies.levy import ROWS, RowRun, load_row, recipe_options
+
+
+def row_setup(profile: str, row_id: str, n: int, seed: int = 0) -> RowRun:
+    """The row's victim, defence (the library's caches) and first n test images, loaded by the Levy study's own
+    ``load_row`` exactly as ``medsec reproduce`` does."""
+    row = next(r for r in ROWS if r.id == row_id)
+    cfg = load_config(profile, {"seed": seed, "device": "cpu", "reproduce": {"n_test": n}})
+    return load_row(cfg, row, {"from_cache": True, "seconds": 0.0})
+
+
+def detectors(a: argparse.Namespace) -> int:
+    print(f"# detector evasion, profile {a.profile}, first {a.n} test images, {a.steps} steps, "
+          f"{a.restarts} restart(s)  [{machine()}]")
+    for row_id in a.rows.split(","):
+        detector_row(a, row_id)
+    return 0
+
+
+def detector_row(a: argparse.Namespace, row_id: str) -> None:
+    """One detector row's table."""
+    run = row_setup(a.profile, row_id, a.n)
+    row, defence, x, y, task, finding = run.row, run.defence, run.x, run.y, run.task, run.finding
+    thr = float(defence.threshold)
+    s_clean = suspicion(defence, x).numpy()
+    spread = float(np.std(s_clean))
+    ex = exposed(defence)
+    clf = ex.get("classifier", defence)
+    kw: dict[str, Any] = {"steps": a.steps, "restarts": a.restarts, "seed": 0}
+    contenders: dict[str, Callable[[], Tensor]] = {
+        "previous recipe": lambda: recipe_for(defence, row.eps, orthogonal=False, **kw)(defence, x, y),
+        "current recipe": lambda: recipe_for(defence, row.eps, **kw)(defence, x, y),
+    }
+    if row.defence != "gmm":  # GMM's score follows the predicted class: orthogonal PGD runs inside its recipe
+        contenders["orthogonal PGD (score)"] = lambda: OrthogonalPGD(
+            detector_term(defence, spread), eps=row.eps, steps=a.steps, restarts=a.restarts, grad_model=clf,
+            success=accepted_by(defence), seed=0)(defence, x, y)
+    print(f"\n## {row_id}: eps {row.eps:g}, n={len(x)}, threshold {thr:.4g} (fixed at fit time)\n")
+    print("| attack | accuracy with defence (%) | rejected (%) | detection AUROC (%) | seconds |")
+    print("|---|---:|---:|---:|---:|")
+    clean_acc = 100 * float(np.mean(handled_scores(defence, x, y, task, adversarial=False, finding=finding,
+                                                    detector=defence)))
+    print(f"| none (clean) | {clean_acc:.1f} | {100 * float(rejected(defence, x).float().mean()):.1f} | - | - |")
+    for name, fn in contenders.items():
+        t = time.perf_counter()
+        xa = fn()
+        sec = time.perf_counter() - t
+        assert float((xa - x).abs().max()) <= row.eps + 1e-6
+        acc = 100 * float(np.mean(handled_scores(defence, xa, y, task, adversarial=True, finding=finding,
+                                                 detector=defence)))
+        rej = 100 * float(rejected(defence, xa).float().mean())
+        auc = 100 * detection_auroc(s_clean, suspicion(defence, xa).numpy())
+        print(f"| {name} | {acc:.1f} | {rej:.1f} | {auc:.1f} | {sec:.0f} |", flush=True)
+    if float(defence.threshold) != thr:
+        raise SystemExit("the detector threshold changed during the attacks")
+
+
+@torch.no_grad()
+def _accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
+    z = torch.cat([model(x[i:i + 64]) for i in range(0, len(x), 64)])
+    return 100.0 * float((z.argmax(1) == y).float().mean())
+
+
+def transfer(a: argparse.Namespace) -> int:
+    ta = torchattacks_or_exit()
+    run = row_setup(a.profile, "denoiser-rsna", a.n)
+    row, defence, x, y, rc = run.row, run.defence, run.x, run.y, run.cfg.reproduce
+    owned = [m.eval() for m in recipe_options(run, rc.steps)["surrogates"]]  # as medsec reproduce hands them over
+    denoisers, plain = owned[:-1], owned[-1]
+    eps = row.eps
+    print(f"# limited knowledge on {row.id}: eps {eps:g}, first {len(x)} test images, {len(denoisers)} denoiser "
+          f"surrogates + the plain surrogate; judged on the defended victim  [{machine()}]")
+    print(f"# defended victim clean accuracy {_accuracy(defence, x, y):.1f}%")
+    sets = {"denoiser surrogates + plain surrogate": [*denoisers, plain], "denoiser surrogates": denoisers}
+    sets = {k: v for k, v in sets.items() if a.sets == "both" or (a.sets == "all") == ("plain" in k)}
+    print("\n| attack | surrogates | accuracy of the defended victim (%) | seconds |")
+    print("|---|---|---:|---:|")
+    results: dict[tuple[str, str], float] = {}
+
+    def report(name: str, sname: str, fn: Callable[[], Tensor]) -> None:
+        t = time.perf_counter()
+        xa = fn()
+        sec = time.perf_counter() - t
+        assert float((xa - x).abs().max()) <= eps + 1e-6 and float(xa.min()) >= 0 and float(xa.max()) <= 1
+        results[(name, sname)] = acc = _accuracy(defence, xa, y)
+        print(f"| {name} | {sname} | {acc:.1f} | {sec:.0f} |", flush=True)
+
+    for sname, sur in sets.items():
+        ens = LogitEnsemble(sur).eval()
+        for alpha, label in ((2 / 255, "alpha 2/255 (default)"), (eps / 10, "alpha eps/10")):
+            def ta_fn(alpha: float = alpha, ens: nn.Module = ens) -> Tensor:
+                torch.manual_seed(0)
+                return ta.DIFGSM(ens, eps=eps, alpha=alpha, steps=100, decay=1.0)(x, y)
+            report(f"torchattacks MI-DI-FGSM, 100 steps, {label}", sname, ta_fn)
+        report(f"medsec DenoiserRecipe (profile budget: {rc.steps} steps, {rc.restarts} restart)", sname,
+               lambda sur=sur: DenoiserRecipe(eps, surrogates=sur, steps=rc.steps, restarts=rc.restarts,
+                                              seed=0)(defence, x, y))
+        report(f"medsec DenoiserRecipe, previous (transfer=False, {rc.steps} steps)", sname,
+               lambda sur=sur: DenoiserRecipe(eps, surrogates=sur, steps=rc.steps, restarts=rc.restarts,
+                                              transfer=False, seed=0)(defence, x, y))
+    ok = True
+    for sname in sets:
+        ours = next(v for (n, sn), v in results.items() if sn == sname and n.startswith("medsec DenoiserRecipe ("))
+        best_ta = min(v for (n, sn), v in results.items() if sn == sname and n.startswith("torchattacks"))
+        ok &= ours <= best_ta
+        print(f"\n{sname}: medsec {ours:.1f}% vs best MI-DI-FGSM {best_ta:.1f}%: "
+              f"{'at least as strong' if ours <= best_ta else 'WEAKER'}")
+    return 0 if ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("what", choices=("detectors", "transfer"))
+    ap.add_argument("--profile", default="quick")
+    ap.add_argument("--rows", default="mgm-chest14", help="detector rows, comma-separated (e.g. mgm-chest14,gmm-rsna)")
+    ap.add_argument("--n", type=int, default=64, help="test images attacked")
+    ap.add_argument("--steps", type=int, default=None, help="adaptive steps (default: the profile's)")
+    ap.add_argument("--restarts", type=int, default=None, help="restarts (default: the profile's)")
+    ap.add_argument("--sets", choices=("all", "denoisers", "both"), default="both",
+                    help="transfer: surrogate sets (all: the denoiser copies and the plain surrogate)")
+    a = ap.parse_args(argv)
+    rc = load_config(a.profile, {}).reproduce
+    a.steps = a.steps or rc.steps
+    a.restarts = a.restarts or rc.restarts
+    return detectors(a) if a.what == "detectors" else transfer(a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
