@@ -95,13 +95,18 @@ class GMMDefenceConfig(_Strict):
 
 
 class EnsembleDefenceConfig(_Strict):
-    """Ensemble (Paul et al. 2020): members of one architecture, seeds seed, seed+1, ..."""
+    """Ensemble (Paul et al. 2020): members of one architecture initialised from seeds seed, seed+1, ...,
+    trained on the original images plus FGSM images (see medsec.defences.ensemble for the sources)."""
 
     members: int = Field(3, ge=1)
     arch: str | None = None  # None: the dataset's victim architecture (ResNet-20 for ct-slices)
     width: float | None = Field(None, gt=0, le=4)  # member width; None: the victim's scaling
-    adv_eps: float = Field(0.01, ge=0, le=1)  # FGSM eps of adversarial training ([0, 1] pixels)
-    adv_weight: float = Field(1.0, ge=0)
+    # static: FGSM images crafted beforehand and added to the training set (Paul et al.);
+    # on_the_fly: FGSM crafted per batch against each member as it trains
+    adversarial_training: str = Field("static", pattern="^(static|on_the_fly)$")
+    adv_eps: float = Field(0.02, ge=0, le=1)  # FGSM eps of the adversarial images ([0, 1] pixels); 0: none
+    adv_source: str = Field("victim", pattern="^(victim|plain)$")  # static: the plain victim crafts them
+    adv_weight: float = Field(1.0, ge=0)  # on_the_fly: weight of CE on the FGSM images
 
 
 class DenoiserDefenceConfig(_Strict):
