@@ -111,8 +111,8 @@ NETWORKS = (("densenet121", "densenet121", 1), ("resnet18", "resnet18", 1), ("re
 
 
 def one_network(kind: str, channels: int, batch: int, size: int = 224) -> dict[str, Any]:
-    """CPU seconds and peak memory growth per image of one training step (forward + backward) of a network
-    at full width and depth; run in a fresh process (peak memory is per process)."""
+    """CPU seconds and peak memory per image of one training step (forward + backward) of a network at full
+    width and depth; run in a fresh process (peak memory is per process). ``batch`` must be > 2."""
     import resource
 
     from medsec.defences.rbf import build_rbf_model
@@ -131,8 +131,10 @@ def one_network(kind: str, channels: int, batch: int, size: int = 224) -> dict[s
     model(x).float().logsumexp(1).mean().backward()
     c, w = _since(t)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base  # KiB on Linux
+    # the warm-up's 2 images already set the peak once: what `batch` images add beyond it is the memory of
+    # batch - 2 more images (the marginal memory per image, what a larger batch costs)
     return {"network": kind, "channels": channels, "batch": batch, "cpu_s_per_image": round(c / batch, 3),
-            "wall_s_per_image": round(w / batch, 3), "memory_mb_per_image": round(peak / 1024 / batch)}
+            "wall_s_per_image": round(w / batch, 3), "memory_mb_per_image": round(peak / 1024 / max(1, batch - 2))}
 
 
 def network_table(batch: int) -> list[dict[str, Any]]:

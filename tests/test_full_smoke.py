@@ -62,7 +62,7 @@ def test_reproduce_full_smoke_every_row(tmp_path):
 def test_transfer_full_smoke_architectures(tmp_path):
     out, cache = tmp_path / "out", tmp_path / "cache"
     _invoke("transfer", "--profile", "full-smoke", "--out", str(out), "--cache-dir", str(cache))
-    res = json.loads((out / "transfer_results.json").read_text())
+    res = json.loads((out / "results.json").read_text())
     archs = {r["s_arch"] for r in res["rows"]} | {r["t_arch"] for r in res["rows"]}
     assert archs == set(FULL.transfer.archs)
     for model in res["models"].values():  # published width and depth: no "scaled" in the label
