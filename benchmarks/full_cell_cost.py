@@ -2,6 +2,7 @@
 measured on a few images and attack steps and extrapolated per image and per step.
 
     python benchmarks/full_cell_cost.py --row mgm-chest14 --images 4 --steps 2 6 --device cpu --json cost.json
+    python benchmarks/full_cell_cost.py --networks          # the per-network table of docs/scale.md
 
 How it measures (CPU seconds of this process, so other load on the machine does not inflate them; wall
 seconds are printed beside them; run with OMP_NUM_THREADS=1 for one core's cost):
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -102,6 +104,52 @@ def network_costs(cfg: Any, dataset: str, batch: int, device: torch.device) -> d
             "forward_cpu_s_per_image": fwd_c / batch, "forward_wall_s_per_image": fwd_w / batch}
 
 
+# the networks of the full profile at 224 px: (name, what builds it, input channels)
+NETWORKS = (("densenet121", "densenet121", 1), ("resnet18", "resnet18", 1), ("resnet34", "resnet34", 1),
+            ("resnet34+rbf", "rbf-classification", 1), ("resnet20", "resnet20", 1), ("unet", "unet", 1),
+            ("unet+rbf", "rbf-segmentation", 3), ("resnet50", "resnet50", 1), ("vgg16", "vgg16", 1))
+
+
+def one_network(kind: str, channels: int, batch: int, size: int = 224) -> dict[str, Any]:
+    """CPU seconds and peak memory per image of one training step (forward + backward) of a network at full
+    width and depth; run in a fresh process (peak memory is per process). ``batch`` must be > 2."""
+    import resource
+
+    from medsec.defences.rbf import build_rbf_model
+
+    if kind.startswith("rbf-"):
+        task = kind.split("-", 1)[1]
+        model = build_rbf_model(task, channels, 2)  # type: ignore[arg-type]
+    else:
+        model = build_model(kind, in_channels=channels, num_outputs=2,
+                            task="segmentation" if kind == "unet" else "classification")
+    x = torch.rand(batch, channels, size, size)
+    model(x[:2]).float().logsumexp(1).mean().backward()  # warm-up
+    model.zero_grad(set_to_none=True)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t = _clock()
+    model(x).float().logsumexp(1).mean().backward()
+    c, w = _since(t)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base  # KiB on Linux
+    # the warm-up's 2 images already set the peak once: what `batch` images add beyond it is the memory of
+    # batch - 2 more images (the marginal memory per image, what a larger batch costs)
+    return {"network": kind, "channels": channels, "batch": batch, "cpu_s_per_image": round(c / batch, 3),
+            "wall_s_per_image": round(w / batch, 3), "memory_mb_per_image": round(peak / 1024 / max(1, batch - 2))}
+
+
+def network_table(batch: int) -> list[dict[str, Any]]:
+    """one_network for every network of NETWORKS, each in its own process."""
+    import subprocess
+    import sys
+
+    rows = []
+    for name, kind, ch in NETWORKS:
+        out = subprocess.run([sys.executable, __file__, "--one-network", kind, str(ch), "--batch", str(batch)],
+                             capture_output=True, text=True, check=True).stdout
+        rows.append({**json.loads(out.strip().splitlines()[-1]), "network": name})
+    return rows
+
+
 def row_cost(row_id: str, images: int, steps: tuple[int, int], batch: int, device_name: str,
              cache_dir: str, out: Path) -> dict[str, Any]:
     """Measure the row at two step budgets and extrapolate to the full profile."""
@@ -167,7 +215,21 @@ def main() -> None:
     ap.add_argument("--cache-dir", default=".cache/medsec-cost")
     ap.add_argument("--out", type=Path, default=Path("reports/full-cell-cost"))
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--networks", action="store_true", help="only the per-network table (training step cost "
+                                                            "and memory per image at 224 px)")
+    ap.add_argument("--one-network", nargs=2, metavar=("KIND", "CHANNELS"), help=argparse.SUPPRESS)
     a = ap.parse_args()
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    if a.one_network:
+        print(json.dumps(one_network(a.one_network[0], int(a.one_network[1]), a.batch)))
+        return
+    if a.networks:
+        table = network_table(a.batch)
+        for r in table:
+            print(f"{r['network']:14s} {r['cpu_s_per_image']:6.2f} CPU s/image  {r['memory_mb_per_image']:5d} MB/image")
+        if a.json:
+            a.json.write_text(json.dumps(table, indent=2))
+        return
     results = [row_cost(r, a.images, tuple(a.steps), a.batch, a.device, a.cache_dir, a.out)
                for r in (a.row or ["mgm-chest14"])]
     for r in results:

@@ -31,7 +31,8 @@ SMOKE_SIZES: dict[str, Any] = {
     "defences": {"gmm": {"ssat_epochs": 1}},
     "reproduce": {"n_test": 2, "steps": 2, "original_steps": 2, "surrogates": 2, "curve_multipliers": [2.0],
                   "n_curve": 1, "n_samples": 2},
-    "transfer": {"n_train": 20, "n_val": 8, "n_test": 8, "epochs": 1, "data_variants": ["d0"],
+    "transfer": {"n_train": 20, "n_val": 8, "n_test": 8, "epochs": 1, "inits": ["pretrained"],
+                 "data_variants": ["d0"], "data_variant_inits": ["pretrained"],
                  "eps": [0.01], "pgd_steps": 2, "n_eval": 4},
     "survey": {"n_eval": 4, "patch_sizes": [0.01], "patch_steps": 2, "onepixel_pixels": [1],
                "onepixel_popsize": 4, "onepixel_iterations": 1, "onepixel_n_eval": 2, "uap_eps": [0.01],
@@ -94,13 +95,18 @@ class GMMDefenceConfig(_Strict):
 
 
 class EnsembleDefenceConfig(_Strict):
-    """Ensemble (Paul et al. 2020): members of one architecture, seeds seed, seed+1, ..."""
+    """Ensemble (Paul et al. 2020): members of one architecture initialised from seeds seed, seed+1, ...,
+    trained on the original images plus FGSM images (see medsec.defences.ensemble for the sources)."""
 
     members: int = Field(3, ge=1)
     arch: str | None = None  # None: the dataset's victim architecture (ResNet-20 for ct-slices)
     width: float | None = Field(None, gt=0, le=4)  # member width; None: the victim's scaling
-    adv_eps: float = Field(0.01, ge=0, le=1)  # FGSM eps of adversarial training ([0, 1] pixels)
-    adv_weight: float = Field(1.0, ge=0)
+    # static: FGSM images crafted beforehand and added to the training set (Paul et al.);
+    # on_the_fly: FGSM crafted per batch against each member as it trains
+    adversarial_training: str = Field("static", pattern="^(static|on_the_fly)$")
+    adv_eps: float = Field(0.02, ge=0, le=1)  # FGSM eps of the adversarial images ([0, 1] pixels); 0: none
+    adv_source: str = Field("victim", pattern="^(victim|plain)$")  # static: the plain victim crafts them
+    adv_weight: float = Field(1.0, ge=0)  # on_the_fly: weight of CE on the FGSM images
 
 
 class DenoiserDefenceConfig(_Strict):

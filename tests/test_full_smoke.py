@@ -10,8 +10,10 @@ the numbers are (one epoch on 16 images learns nothing)."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from medsec.cli import app
@@ -22,6 +24,15 @@ pytestmark = pytest.mark.timeout(2400)  # minutes on CI's 2 cores; far more on a
 
 runner = CliRunner()
 FULL = load_config("full")
+
+
+@pytest.fixture(autouse=True)
+def _all_cores():
+    """The smoke run is the one long test: let torch use CI's two cores (the suite's default is one)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    yield
+    torch.set_num_threads(before)
 
 
 def _invoke(*args: str) -> None:
@@ -51,7 +62,7 @@ def test_reproduce_full_smoke_every_row(tmp_path):
 def test_transfer_full_smoke_architectures(tmp_path):
     out, cache = tmp_path / "out", tmp_path / "cache"
     _invoke("transfer", "--profile", "full-smoke", "--out", str(out), "--cache-dir", str(cache))
-    res = json.loads((out / "transfer_results.json").read_text())
+    res = json.loads((out / "results.json").read_text())
     archs = {r["s_arch"] for r in res["rows"]} | {r["t_arch"] for r in res["rows"]}
     assert archs == set(FULL.transfer.archs)
     for model in res["models"].values():  # published width and depth: no "scaled" in the label

@@ -753,11 +753,18 @@ class CompositeAttack(Attack):
     a budget, projected into its ball (a no-op for the attacks that already keep to it)."""
 
     def _run(self, model: nn.Module, x: Tensor, y: Tensor, verify: bool) -> AttackResult:
-        res = self._compose(model, x, y)
-        x_adv = res.x_adv.detach().clamp(0.0, 1.0)
-        if self.eps is not None and bool((_flat_norm(x_adv - x, self.norm) > self.eps * (1 + 1e-6) + 1e-7).any()):
-            x_adv = project(x_adv, x, self.eps, self.norm)
-        return AttackResult(x_adv, res.success, res.info)
+        """``_compose`` on chunks of ``batch_size`` images (all at once when None): the composed attacks keep
+        their graphs for one chunk at a time, so 1000 images at 224 px fit a GPU."""
+        bs = self.batch_size or x.shape[0]
+        parts: list[AttackResult] = []
+        for s in range(0, x.shape[0], bs):
+            xb = x[s:s + bs]
+            res = self._compose(model, xb, y[s:s + bs])
+            x_adv = res.x_adv.detach().clamp(0.0, 1.0)
+            if self.eps is not None and bool((_flat_norm(x_adv - xb, self.norm) > self.eps * (1 + 1e-6) + 1e-7).any()):
+                x_adv = project(x_adv, xb, self.eps, self.norm)
+            parts.append(AttackResult(x_adv, res.success, res.info))
+        return parts[0] if len(parts) == 1 else _concat(parts, x.dtype)
 
     def _compose(self, model: nn.Module, x: Tensor, y: Tensor) -> AttackResult:
         raise NotImplementedError
@@ -803,10 +810,16 @@ def _concat(parts: list[AttackResult], dtype: torch.dtype) -> AttackResult:
         p = parts[0]
         return AttackResult(p.x_adv.to(dtype), p.success, p.info)
     info: dict[str, Any] = {}
+
+    def per_sample(k: str) -> bool:  # one entry per image of every chunk (not, e.g., a list of attack names)
+        return all(isinstance(p.info.get(k), Tensor | list)
+                   and not (isinstance(p.info[k], Tensor) and p.info[k].ndim == 0)
+                   and len(p.info[k]) == p.x_adv.shape[0] for p in parts)
+
     for k, v in parts[0].info.items():
-        if isinstance(v, Tensor) and v.ndim >= 1:
+        if isinstance(v, Tensor) and v.ndim >= 1 and per_sample(k):
             info[k] = torch.cat([p.info[k] for p in parts])
-        elif isinstance(v, list):
+        elif isinstance(v, list) and per_sample(k):
             info[k] = [e for p in parts for e in p.info[k]]
         else:
             info[k] = v

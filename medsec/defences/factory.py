@@ -62,7 +62,9 @@ def _build(cfg: ExperimentConfig, name: str, victim: Victim, seed: int) -> Defen
         if e.width is not None:
             args["width"] = e.width
         spec = {"factory": "build_model", "args": args}
-        return Ensemble.build([spec] * e.members, adv_eps=e.adv_eps, adv_weight=e.adv_weight)
+        return Ensemble.build([spec] * e.members, adv_eps=e.adv_eps, adv_weight=e.adv_weight,
+                              adversarial_training=e.adversarial_training, adv_source=e.adv_source,
+                              crafter=victim.model if e.adv_source == "victim" else None)
     if name == "denoiser":
         d = dc.denoiser
         return Denoiser.build(noise_std=d.noise_std, rec_weight=d.rec_weight, arch=meta["arch"],
@@ -72,13 +74,26 @@ def _build(cfg: ExperimentConfig, name: str, victim: Victim, seed: int) -> Defen
     raise MedsecError(f"unknown defence {name!r}; available: {', '.join(DEFENCE_NAMES)}")
 
 
+def defence_config(cfg: ExperimentConfig) -> ExperimentConfig:
+    """cfg with ``train.epochs`` set to ``reproduce.defence_epochs`` when that is given: the training budget
+    of the networks the defences and the attacker train (ensemble members, denoisers, RBF networks,
+    surrogates). ``get_defence`` applies it, so ``medsec defend`` and the studies fit the same defence."""
+    epochs = cfg.reproduce.defence_epochs
+    if epochs is None or epochs == cfg.train.epochs:
+        return cfg
+    return cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": epochs})})
+
+
 def get_defence(cfg: ExperimentConfig, name: str, dataset: str, *, seed: int | None = None,
                 victim: Victim | None = None) -> FittedDefence:
-    """The defence `name` for `dataset`'s victim, fitted on clean training data (cached)."""
+    """The defence `name` for `dataset`'s victim, fitted on clean training data (cached). Networks the
+    defence trains use ``cfg.train`` with ``reproduce.defence_epochs`` (see `defence_config`); the victim
+    is the one ``cfg`` trains."""
     if name not in DEFENCE_NAMES:
         raise MedsecError(f"unknown defence {name!r}; available: {', '.join(DEFENCE_NAMES)}")
     seed = cfg.seed if seed is None else seed
     victim = victim or get_victim(cfg, dataset)
+    cfg = defence_config(cfg)
     key = cfg.digest("data", "train", "model", "defences") + \
         f"{victim.checkpoint.name}|{name}|{seed}"
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]

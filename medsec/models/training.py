@@ -15,6 +15,7 @@ from torch import nn
 
 from medsec.config import TrainConfig
 from medsec.data.base import MedicalDataset, Split, Task
+from medsec.errors import MedsecError
 from medsec.metrics import PRIMARY_METRIC, task_metrics
 from medsec.models.inference import batched
 
@@ -88,10 +89,13 @@ def train_model(
     device: str | torch.device = "cpu",
     description: str = "training",
     extra_loss: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    train_set: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> TrainResult:
     """Train `model` on data.train, keeping the weights with the best validation score.
 
     extra_loss(model, x, y) is added to the task loss each step (defences use it for adversarial terms).
+    train_set: (images in [0, 1], targets) to train on instead of data.train (a defence's augmented
+    training set); validation still uses data.val.
     """
     task = data.info.task
     gen = seed_everything(seed)
@@ -99,7 +103,9 @@ def train_model(
     loss_fn = task_loss(task)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
-    x_all, y_all = data.train.images(), data.train.target_tensor()
+    x_all, y_all = train_set if train_set is not None else (data.train.images(), data.train.target_tensor())
+    if len(x_all) != len(y_all):
+        raise MedsecError(f"train_set has {len(x_all)} images but {len(y_all)} targets")
     n = len(x_all)
     key = PRIMARY_METRIC[task]
     best, best_state, best_epoch, bad = -float("inf"), copy.deepcopy(model.state_dict()), 0, 0

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from medsec.config import ExperimentConfig
 from medsec.defences.base import is_detector, rejected
-from medsec.defences.factory import get_defence
+from medsec.defences.factory import defence_config, get_defence
 from medsec.metrics import PRIMARY_METRIC, handled
 from medsec.models.inference import batched, resolve_device
 from medsec.models.victims import get_victim
@@ -77,14 +77,6 @@ def config_digest(cfg: ExperimentConfig, *ignore: str) -> str:
         else:
             d.pop(section, None)
     return digest(d)
-
-
-def defence_config(cfg: ExperimentConfig) -> ExperimentConfig:
-    """The config the networks a defence trains use (members, denoisers, RBF nets, surrogates): the
-    experiment's, with ``reproduce.defence_epochs`` epochs when that is set."""
-    if cfg.reproduce.defence_epochs is None:
-        return cfg
-    return cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": cfg.reproduce.defence_epochs})})
 
 
 # ----------------------------------------------------------------------------------------------------------

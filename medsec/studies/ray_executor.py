@@ -273,9 +273,9 @@ class RayExecutor:
             raise MedsecError("the Ray workers cannot use the shared folders (results and cache must be on a "
                               "file system every node mounts at the same path): " + "; ".join(problems))
 
-    def run(self, cells: Sequence[Cell], store: CellStore, progress: GridProgress) -> dict[str, dict[str, Any]]:
-        """Results by cell key; GridError (after every other cell finished) when cells fail."""
-        ray = self.ray
+    def _prepare(self, store: CellStore) -> tuple[str, float]:
+        """Connect, create and probe the shared folders; (the results folder as the workers see it, GPUs per
+        cell)."""
         self._connect()
         folder = str(Path(store.folder).resolve())  # the workers' working folder is not the driver's
         for f in self.shared_folders:
@@ -286,7 +286,13 @@ class RayExecutor:
         self._check_folders([folder, *self.shared_folders])
         gpus = self.gpus_per_cell
         if gpus is None:
-            gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+            gpus = 1.0 if self.ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+        return folder, gpus
+
+    def _submit(self, cells: Sequence[Cell], store: CellStore, progress: GridProgress, folder: str, gpus: float,
+                results: dict[str, dict[str, Any]]) -> dict[Any, str]:
+        """One task per unfinished cell, in dependency order (finished ones go to `results`); ref -> key."""
+        ray = self.ray
         task = ray.remote(run_cell_task)
         shared: dict[int, Any] = {}  # id(value) -> its object ref: a value shared by cells travels once
 
@@ -297,7 +303,6 @@ class RayExecutor:
                 shared[id(v)] = ray.put(v)
             return shared[id(v)]
 
-        results: dict[str, dict[str, Any]] = {}
         refs: dict[str, Any] = {}
         pending: dict[Any, str] = {}
         for c in dependency_order(cells):
@@ -313,6 +318,32 @@ class RayExecutor:
                 self.stale_lock_seconds, self.poll_seconds, *deps)
             refs[c.key] = ref
             pending[ref] = c.key
+        return pending
+
+    def _record(self, key: str, status: dict[str, Any], progress: GridProgress, results: dict[str, dict[str, Any]],
+                failed: dict[str, str], skipped: list[str]) -> None:
+        """File one finished task's status: a result, a cell blocked by a failed one, or a failure."""
+        if status.get("ok"):
+            results[key] = status["result"]
+            if status.get("kept"):
+                progress.running.discard(key)
+                progress.kept(key)
+            else:
+                progress.finished(key, float(status.get("seconds", 0.0)))
+        elif "blocked" in status:
+            skipped.append(key)
+            progress.running.discard(key)
+            progress.blocked(key, status["blocked"])
+        else:
+            failed[key] = status["error"]
+            progress.failure(key, status["error"], float(status.get("seconds", 0.0)))
+
+    def run(self, cells: Sequence[Cell], store: CellStore, progress: GridProgress) -> dict[str, dict[str, Any]]:
+        """Results by cell key; GridError (after every other cell finished) when cells fail."""
+        ray = self.ray
+        folder, gpus = self._prepare(store)
+        results: dict[str, dict[str, Any]] = {}
+        pending = self._submit(cells, store, progress, folder, gpus, results)
         failed: dict[str, str] = {}
         skipped: list[str] = []
         after = {c.key: c.after for c in cells}
@@ -326,7 +357,9 @@ class RayExecutor:
                 try:
                     status = ray.get(ref)
                 except ray.exceptions.RayError as e:
-                    bad = next((k for k in after[key] if k in failed or k in skipped), None)
+                    # a cell whose needed cell's worker died for good fails with that error too: not run
+                    unfinished = set(failed) | set(skipped) | set(pending.values())
+                    bad = next((k for k in after[key] if k in unfinished), None)
                     if bad is not None:
                         skipped.append(key)
                         progress.blocked(key, bad)
@@ -335,20 +368,7 @@ class RayExecutor:
                                   f"{str(e).splitlines()[0] if str(e) else ''}"
                     progress.failure(key, failed[key], 0.0)
                     continue
-                if status.get("ok"):
-                    results[key] = status["result"]
-                    if status.get("kept"):
-                        progress.running.discard(key)
-                        progress.kept(key)
-                    else:
-                        progress.finished(key, float(status.get("seconds", 0.0)))
-                elif "blocked" in status:
-                    skipped.append(key)
-                    progress.running.discard(key)
-                    progress.blocked(key, status["blocked"])
-                else:
-                    failed[key] = status["error"]
-                    progress.failure(key, status["error"], float(status.get("seconds", 0.0)))
+                self._record(key, status, progress, results, failed, skipped)
         if failed:
             raise GridError(progress.title, failed, skipped)
         return results

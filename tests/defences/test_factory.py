@@ -69,3 +69,17 @@ def test_li_zhu_report_sets_our_numbers_beside_the_papers():
     assert "0.975 / 0.820" in md  # MGM white-box BIM in the paper
     assert "0.900 / 0.800 ± 0.050" in md
     assert "White-box attack (eps 0.02)" in md and "Black-box attack (eps 0.05)" in md
+
+
+def test_defend_and_reproduce_share_the_defence_training_budget(tiny_cfg):
+    from medsec.defences.factory import defence_config
+
+    cfg = load_config(tiny_cfg, {"train": {"epochs": 2}, "reproduce": {"defence_epochs": 1}})
+    assert defence_config(cfg).train.epochs == 1 and defence_config(defence_config(cfg)) == defence_config(cfg)
+    assert load_config(tiny_cfg).reproduce.defence_epochs is None
+    assert defence_config(load_config(tiny_cfg)).train.epochs == 1  # None: the victims' train.epochs
+    ens = get_defence(cfg, "ensemble", "toy-blobs")
+    assert [r.epochs for r in ens.defence.train_results] == [1, 1, 1]
+    assert ens.victim.meta["epochs"] == 2  # the victim keeps train.epochs
+    # the cache entry is the same whether the caller applied the budget already (medsec reproduce) or not
+    assert get_defence(defence_config(cfg), "ensemble", "toy-blobs", victim=ens.victim).from_cache

@@ -98,6 +98,20 @@ def test_application_error_is_named_and_the_others_finish(local_ray, tmp_path):
     assert Counter(ray_cells.calls_of(calls))["broken"] == 1  # an application error is not retried
 
 
+def test_worker_dying_on_every_attempt_is_reported_after_the_retries(local_ray, tmp_path):
+    folder, calls = tmp_path / "cells", tmp_path / "calls"
+    cells = [Cell("sq-0", ray_cells.square, {"key": "sq-0", "calls": str(calls), "x": 2}),
+             Cell("always-dies", ray_cells.die_always, {"key": "always-dies", "calls": str(calls)}),
+             Cell("needs-it", ray_cells.square, {"key": "needs-it", "calls": str(calls), "x": 1},
+                  after=("always-dies",))]
+    with pytest.raises(GridError) as err:
+        run_grid(cells, CellStore(folder), RayExecutor(max_retries=1), title="dying worker")
+    assert err.value.failed.keys() == {"always-dies"} and "after 1 retries" in err.value.failed["always-dies"]
+    assert err.value.skipped == ["needs-it"]
+    assert Counter(ray_cells.calls_of(calls)) == {"sq-0": 1, "always-dies": 2}
+    assert [p.stem for p in folder.glob("*.json")] == ["sq-0"]
+
+
 def test_two_drivers_never_run_a_cell_twice(local_ray, tmp_path):
     """Two runs of the same grid at the same time: every cell is computed exactly once (the lock file)."""
     folder, calls = tmp_path / "cells", tmp_path / "calls"

@@ -67,8 +67,9 @@ class Recipe(CompositeAttack):
     strategies: tuple[str, ...] = ()
     eps: float
 
-    def __init__(self, eps: float, steps: int = 100, restarts: int = 2, seed: int | None = 0) -> None:
-        super().__init__(seed=seed)
+    def __init__(self, eps: float, steps: int = 100, restarts: int = 2, seed: int | None = 0,
+                 batch_size: int | None = None) -> None:
+        super().__init__(seed=seed, batch_size=batch_size)  # batch_size: attack in chunks (memory at 224 px)
         e = check_eps(eps)
         assert e is not None
         if e > 1:
@@ -124,8 +125,9 @@ class MGMRecipe(Recipe):
 
     def __init__(self, eps: float, steps: int = 100, restarts: int = 2, lam: float = 1.0, lam_start: float = 0.1,
                  kappa: float = 2.0, exact: bool = True, orthogonal: bool = True, detector_loss: str = "score",
-                 seed: int | None = 0) -> None:
-        super().__init__(eps, steps, restarts, seed)
+                 seed: int | None = 0,
+                 batch_size: int | None = None) -> None:
+        super().__init__(eps, steps, restarts, seed, batch_size)
         self.lam, self.lam_start, self.kappa = float(lam), float(lam_start), float(kappa)
         self.exact = bool(exact)
         self.orthogonal = bool(orthogonal)
@@ -231,8 +233,9 @@ class GMMRecipe(Recipe):
 
     def __init__(self, eps: float, steps: int = 100, restarts: int = 2, stage1_steps: int = 20, lam: float = 1.0,
                  lam_start: float = 0.1, kappa: float = 2.0, exact: bool = True, orthogonal: bool = True,
-                 detector_loss: str = "score", seed: int | None = 0) -> None:
-        super().__init__(eps, steps, restarts, seed)
+                 detector_loss: str = "score", seed: int | None = 0,
+                 batch_size: int | None = None) -> None:
+        super().__init__(eps, steps, restarts, seed, batch_size)
         self.stage1_steps = check_positive_int(stage1_steps, "stage1_steps")
         self.lam, self.lam_start, self.kappa = float(lam), float(lam_start), float(kappa)
         self.exact = bool(exact)
@@ -302,8 +305,9 @@ class EnsembleRecipe(Recipe):
     name = "ensemble-adaptive"
     strategies = ("wisdom of the crowd (eq. 3)", "incremental (APGD)", "restarts")
 
-    def __init__(self, eps: float, steps: int = 20, restarts: int = 2, seed: int | None = 0) -> None:
-        super().__init__(eps, steps, restarts, seed)
+    def __init__(self, eps: float, steps: int = 20, restarts: int = 2, seed: int | None = 0,
+                 batch_size: int | None = None) -> None:
+        super().__init__(eps, steps, restarts, seed, batch_size)
 
     def _compose(self, defence: nn.Module, x: Tensor, y: Tensor) -> AttackResult:
         ex = exposed(defence)
@@ -340,8 +344,9 @@ class DenoiserRecipe(Recipe):
     def __init__(self, eps: float, surrogates: Sequence[nn.Module] | None = None,
                  surrogate_factory: SurrogateFactory | None = None, n_surrogates: int = 3, steps: int = 20,
                  restarts: int = 3, transfer: bool = True, transfer_steps: int | None = None,
-                 seed: int | None = 0) -> None:
-        super().__init__(eps, steps, restarts, seed)
+                 seed: int | None = 0,
+                 batch_size: int | None = None) -> None:
+        super().__init__(eps, steps, restarts, seed, batch_size)
         self.transfer = bool(transfer)
         self.transfer_steps = check_positive_int(transfer_steps if transfer_steps is not None else max(steps, 100),
                                                  "transfer_steps")
@@ -403,8 +408,9 @@ class DetectorRecipe(Recipe):
                   "orthogonal PGD (Bryniarski et al. 2022)")
 
     def __init__(self, eps: float, steps: int = 100, restarts: int = 2, lam: float = 1.0, kappa: float = 2.0,
-                 orthogonal: bool = True, seed: int | None = 0) -> None:
-        super().__init__(eps, steps, restarts, seed)
+                 orthogonal: bool = True, seed: int | None = 0,
+                 batch_size: int | None = None) -> None:
+        super().__init__(eps, steps, restarts, seed, batch_size)
         self.lam, self.kappa = float(lam), float(kappa)
         self.orthogonal = bool(orthogonal)
         if not self.orthogonal:

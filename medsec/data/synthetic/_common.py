@@ -8,6 +8,7 @@ a batch of images; generators render in chunks of CHUNK images to bound memory a
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import lru_cache
 
 import numpy as np
 import scipy.fft as sfft
@@ -72,6 +73,37 @@ def smooth_noise(rng: np.random.Generator, m: int, size: int, scale: float) -> n
     h, std = _gauss_filter(size, sigma_px)
     spec = sfft.rfft2(white, workers=1)
     spec *= h / std
+    return sfft.irfft2(spec, s=(size, size), workers=1).astype(F32, copy=False)
+
+
+@lru_cache(maxsize=32)
+def _powerlaw_filter(size: int, beta: float, lowest: float) -> np.ndarray:
+    """Half-spectrum amplitude filter |f|^(-beta/2), flat below `lowest` cycles per image, scaled so that
+    filtered unit white noise has unit variance (computed once per size and exponent)."""
+    f = np.sqrt(_freq2(size)) * size  # cycles per image
+    h = np.maximum(f, lowest) ** (-beta / 2.0)
+    h[0, 0] = 0.0  # zero mean
+    # variance of the filtered field = mean over the full spectrum of h^2 (rfft halves counted twice)
+    full = np.sqrt(_freq2(size, full=True)) * size
+    hf = np.maximum(full, lowest) ** (-beta / 2.0)
+    hf[0, 0] = 0.0
+    h = h / np.sqrt(np.mean(hf**2))
+    h.setflags(write=False)
+    return h.astype(F32)
+
+
+def powerlaw_noise(rng: np.random.Generator, m: int, size: int, beta: float = 2.0, lowest: float = 2.0) -> np.ndarray:
+    """Zero-mean, unit-variance random fields (m, size, size) with power spectrum 1/f^beta.
+
+    Anatomical background ("anatomical noise") of radiographs, mammograms and CT has such a power-law
+    spectrum (beta about 2-3): texture at every scale, most of its variance at low frequencies. `lowest`
+    (cycles per image) flattens the spectrum below it, so a single huge gradient does not dominate. The
+    frequency axis is in cycles per image, so the texture looks the same at 64 px and at 224 px (finer
+    detail is added at higher resolution). The filter is cached per (size, beta, lowest).
+    """
+    white = rng.standard_normal((m, size, size), dtype=F32)
+    spec = sfft.rfft2(white, workers=1)
+    spec *= _powerlaw_filter(size, float(beta), float(lowest))
     return sfft.irfft2(spec, s=(size, size), workers=1).astype(F32, copy=False)
 
 

@@ -30,12 +30,18 @@ from medsec.data.synthetic._common import (
     patient_ids,
     pixel,
     polar,
+    powerlaw_noise,
     smooth_noise,
     soft_step,
     to_uint8,
 )
 
 P_LESION = 0.85
+# How the lesion and the background are rendered (see docs/synthetic.md, "Behaviour under attack").
+LESION_GAIN = 0.25  # lesion-to-tissue contrast (the lesion's whole departure from normal tissue) relative to the drawn level
+TEXTURE_SD = 0.0  # tissue signal varies as (1 + TEXTURE_SD * 1/f^TEXTURE_BETA texture)
+TEXTURE_BETA = 2.0
+NOISE_GAIN = 0.3  # Rician noise relative to the drawn level
 
 
 def _params(rng: np.random.Generator, n: int, d: float) -> dict[str, np.ndarray]:
@@ -52,7 +58,7 @@ def _params(rng: np.random.Generator, n: int, d: float) -> dict[str, np.ndarray]
         "l_r": (0.1 + 0.2 * u(n)) * (0.7 + 0.3 * c),
         "l_harm": 0.05 + 0.15 * u((n, 4)), "l_phase": 2 * np.pi * u((n, 4)),
         "l_amp": (0.32 + 0.12 * u(n)) * c,
-        "noise": (0.02 + 0.015 * u(n)) * (0.6 + 1.4 * d),
+        "noise": (0.02 + 0.015 * u(n)) * (0.6 + 1.4 * d) * NOISE_GAIN,
         "ambig": np.full(n, 0.04 + 0.12 * d), "soft": np.full(n, 0.03 + 0.08 * d),
     }
 
@@ -98,7 +104,9 @@ def _render(p: dict[str, np.ndarray], sl: slice, size: int, rng: np.random.Gener
     img_field = field + col(P["ambig"]) * smooth_noise(rng, m, size, 0.04)
     lesion = has * soft_step(img_field, col(P["soft"])) * brain
     lesion = lesion * (1 + 0.15 * smooth_noise(rng, m, size, 0.03))
-    tissue = tissue * (1 - 0.6 * lesion) + (col(P["gm"]) + col(P["l_amp"])) * lesion
+    tissue = tissue + LESION_GAIN * lesion * (col(P["gm"]) + col(P["l_amp"]) - 0.6 * tissue)
+    if TEXTURE_SD > 0:
+        tissue = tissue * (1 + TEXTURE_SD * powerlaw_noise(rng, m, size, TEXTURE_BETA))
     img = img + brain * tissue
     bias = 1 + 0.1 * smooth_noise(rng, m, size, 0.3)
     img = img * bias

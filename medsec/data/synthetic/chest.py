@@ -9,10 +9,13 @@ anatomy vary per image. Each finding of ChestX-ray14 has its own visual pattern 
 Findings are drawn as in the NIH data: about half the images are abnormal; within an abnormal image each
 finding appears independently with its own probability (COND_PREVALENCE), at least one per abnormal
 image. So each label is an independent pattern with its own prevalence (about 4-19 %), and `chest2`
-(any finding) is balanced.
+(any finding) is balanced. `rsna` draws its pneumonia faint, spread out and textured (RSNA_RENDERING), so
+its victim falls to small perturbations as real pneumonia classifiers do (docs/synthetic.md).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -20,6 +23,7 @@ from medsec.data.base import DatasetInfo, Split
 from medsec.data.synthetic import SyntheticSpec, register
 from medsec.data.synthetic._common import (
     F32,
+    blur,
     col,
     contrast,
     gauss,
@@ -28,6 +32,7 @@ from medsec.data.synthetic._common import (
     patient_ids,
     pixel,
     polar,
+    powerlaw_noise,
     render_chunks,
     smooth_noise,
     soft_step,
@@ -39,6 +44,29 @@ FINDINGS: tuple[str, ...] = (
     "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia",
 )
 F = {name: i for i, name in enumerate(FINDINGS)}
+
+
+
+@dataclass(frozen=True)
+class Rendering:
+    """How the findings and the background are drawn (docs/synthetic.md, "Behaviour under attack").
+
+    The defaults draw the patterns as designed (chest14, chest2); RSNA_RENDERING draws the faint,
+    spread-out pneumonia the rsna stand-in is calibrated with.
+    """
+
+    finding_gain: float = 1.0  # finding strength relative to the drawn pattern (contrast and geometric change)
+    finding_blur: float = 0.0  # the additive findings are blurred by this std (fraction of the width)
+    texture_sd: float = 0.0  # anatomical background: 1/f^texture_beta texture over the trunk, std in [0, 1]
+    texture_beta: float = 2.0
+    marking_gain: float = 1.0  # lung markings (vessels) and parenchymal mottle relative to the drawn level
+    opacity_texture: float = 0.0  # fine (alveolar) texture of the air-space opacities, std at their centre
+    opacity_spread: float = 1.0  # size of the air-space opacities (pneumonia, infiltration) relative to drawn
+    noise_gain: float = 1.0  # quantum (white + fine correlated) noise relative to the drawn level
+
+
+CHEST14_RENDERING = Rendering()
+RSNA_RENDERING = Rendering(finding_gain=0.35, opacity_spread=1.5, opacity_texture=0.02, noise_gain=0.05)
 
 P_ABNORMAL = 0.5
 # P(finding | abnormal image), ordered as FINDINGS. Ranked like the NIH label frequencies, floored so the
@@ -103,13 +131,14 @@ def _draw_params(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
 
 
 def _render(
-    p: dict[str, np.ndarray], lab: np.ndarray, sl: slice, size: int, rng: np.random.Generator, difficulty: float
+    p: dict[str, np.ndarray], lab: np.ndarray, sl: slice, size: int, rng: np.random.Generator, difficulty: float,
+    look: Rendering,
 ) -> np.ndarray:
     """Render images sl of a batch as float32 (m, size, size) in [0, 1]."""
     P = {k: v[sl] for k, v in p.items()}
     L = lab[sl]
     m = L.shape[0]
-    c = contrast(difficulty)
+    c = contrast(difficulty) * look.finding_gain
     px = pixel(size)
     e = max(0.03, px)
     y0, x0 = grid(size)
@@ -197,7 +226,7 @@ def _render(
     dist_h = np.sqrt((ax - 0.2) ** 2 + (Y + 0.03) ** 2)
     vessels = gauss((smooth_noise(rng, m, size, 0.012) / 0.3) ** 2)
     mottle = smooth_noise(rng, m, size, 0.03)
-    img = img + lungs * mark_f * ((0.05 * np.exp(-dist_h / 0.4) + 0.012) * vessels + 0.012 * mottle)
+    img = img + look.marking_gain * lungs * mark_f * ((0.05 * np.exp(-dist_h / 0.4) + 0.012) * vessels + 0.012 * mottle)
     img = img - 0.06 * c * ptx_dark + 0.12 * c * ptx_line
 
     # ---- additive findings (each only on the images that have it) ----
@@ -208,10 +237,15 @@ def _render(
         ca = col(0.22 + 0.38 * P[f"a{k}"][idx])
         return side, a, lung, lat, b, ca
 
+    lesions = np.zeros((m, size, size), F32)
+
+    def alveolar(k: int) -> np.ndarray | float:  # fine texture of air-space opacities (drawn only when used)
+        return look.opacity_texture * smooth_noise(rng, k, size, 0.012) if look.opacity_texture > 0 else 0.0
+
     def add(name: str, fn) -> None:  # noqa: ANN001
         idx = np.flatnonzero(has[name])
         if idx.size:
-            img[idx] += fn(F[name], idx)
+            lesions[idx] += fn(F[name], idx)
 
     def atelectasis(k: int, idx: np.ndarray) -> np.ndarray:
         _, a, lung, _, b, ca = region(k, idx)
@@ -235,9 +269,10 @@ def _render(
     def infiltration(k: int, idx: np.ndarray) -> np.ndarray:
         _, a, lung, _, b, ca = region(k, idx)
         cy = top[idx] + (b - top[idx]) * col(0.35 + 0.5 * P[f"v{k}"][idx])
-        r = col(0.18 + 0.1 * P[f"s{k}"][idx])
+        rad = col(0.18 + 0.1 * P[f"s{k}"][idx]) * look.opacity_spread
         patch = soft_step(smooth_noise(rng, idx.size, size, 0.035) + 0.2, 1.2)
-        return 0.17 * c * lung * patch * gauss(((a - ca) ** 2 + (Y[idx] - cy) ** 2) / r**2)
+        zone = lung * gauss(((a - ca) ** 2 + (Y[idx] - cy) ** 2) / rad**2)
+        return zone * (0.17 * c * patch + alveolar(idx.size))
 
     def round_opacity(idx: np.ndarray, k: int, radius: np.ndarray, amps: np.ndarray | None,
                       v_lo: float, second: bool) -> np.ndarray:
@@ -280,11 +315,12 @@ def _render(
             pv = (P[f"v{k}"][idx] + 0.37 * j) % 1.0
             cy = col(P["top"][idx] + (b - P["top"][idx]) * (0.45 + 0.4 * pv))
             ca = col(0.25 + 0.35 * ((P[f"a{k}"][idx] + 0.53 * j) % 1.0))
-            rx = col((0.16 + 0.12 * P[f"s{k}"][idx]) * (0.7 + 0.3 * c))
+            rx = col((0.16 + 0.12 * P[f"s{k}"][idx]) * (0.7 + 0.3 * c) * look.opacity_spread)
             ry = rx * 0.8
             on = 1.0 if j == 0 else col(P[f"b{k}"][idx])
             out += on * lung * gauss(((sd_a - ca) / rx) ** 2 + ((Y[idx] - cy) / ry) ** 2)
-        return 0.3 * c * np.clip(out, 0, 1) * patch * (1 - 0.35 * bronch)
+        zone = np.clip(out, 0, 1)
+        return zone * (0.3 * c * patch * (1 - 0.35 * bronch) + alveolar(idx.size))
 
     def consolidation(k: int, idx: np.ndarray) -> np.ndarray:
         _, a, lung, _, b, ca = region(k, idx)
@@ -350,17 +386,21 @@ def _render(
         ("Pleural_Thickening", pleural_thickening), ("Hernia", hernia),
     ):
         add(name, fn)
+    img = img + blur(lesions, look.finding_blur)
+    if look.texture_sd > 0:
+        img = img + look.texture_sd * powerlaw_noise(rng, m, size, look.texture_beta) * body
 
     # ---- exposure, detector response and quantum noise ----
     img = np.clip(img, 0, 1) ** col(P["gamma"]) * col(P["gain"]) + col(P["bias"])
-    sigma = col(P["noise"]) * (0.6 + 1.2 * difficulty)
+    sigma = col(P["noise"]) * (0.6 + 1.2 * difficulty) * look.noise_gain
     img = img + sigma * rng.standard_normal((m, size, size), dtype=F32)
     img = img + 0.5 * sigma * smooth_noise(rng, m, size, 0.006)
     return np.clip(img, 0, 1).astype(F32)
 
 
 def render_chest(n: int, size: int, rng: np.random.Generator, difficulty: float,
-                 findings: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                 findings: np.ndarray | None = None, rendering: Rendering = CHEST14_RENDERING,
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(pixels uint8 (n, 1, size, size), findings (n, 14) float32, patient ids) for a chest phantom batch.
 
     Findings are drawn from `rng` unless given; the anatomy parameters, then the pixel noise, follow
@@ -371,7 +411,7 @@ def render_chest(n: int, size: int, rng: np.random.Generator, difficulty: float,
     p = _draw_params(rng, n)
     px = np.zeros((n, 1, size, size), np.uint8)
     out = np.zeros((n, size, size), np.uint8)
-    render_chunks(n, lambda sl: to_uint8(_render(p, lab, sl, size, rng, difficulty)), out)
+    render_chunks(n, lambda sl: to_uint8(_render(p, lab, sl, size, rng, difficulty, rendering)), out)
     px[:, 0] = out
     return px, lab, pids
 
@@ -405,7 +445,7 @@ def generate_rsna(n: int, size: int, rng: np.random.Generator, difficulty: float
     distract = rng.random(n) < 0.2
     which = rng.choice([F[d] for d in RSNA_DISTRACTORS], size=n)
     lab[np.flatnonzero(distract), which[distract]] = 1
-    px, _, pids = render_chest(n, size, rng, difficulty, findings=lab)
+    px, _, pids = render_chest(n, size, rng, difficulty, findings=lab, rendering=RSNA_RENDERING)
     return Split(pixels=px, targets=y, patient_ids=pids)
 
 

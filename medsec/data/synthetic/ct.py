@@ -29,6 +29,7 @@ from medsec.data.synthetic._common import (
     patient_ids,
     pixel,
     polar,
+    powerlaw_noise,
     render_chunks,
     smooth_noise,
     soft_step,
@@ -38,6 +39,12 @@ from medsec.data.synthetic._common import (
 N_VESSELS = 10
 N_SPIKES = 12
 N_HARM = 5
+# How the nodules and the background are rendered (see docs/synthetic.md, "Behaviour under attack").
+FEATURE_GAIN = 1.0  # spiculation length and lobulation of malignant nodules relative to the drawn pattern
+SIZE_OVERLAP = 0.0  # extra overlap of the benign and malignant size distributions (0 = as drawn, 1 = same)
+TEXTURE_SD = 0.0  # parenchymal background: 1/f^TEXTURE_BETA texture, std in [0, 1] units
+TEXTURE_BETA = 2.0
+NOISE_GAIN = 1.0  # CT noise relative to the drawn level
 
 
 def _segment_dist(y: np.ndarray, x: np.ndarray, cy: np.ndarray, cx: np.ndarray, ang: np.ndarray,
@@ -53,8 +60,8 @@ def _segment_dist(y: np.ndarray, x: np.ndarray, cy: np.ndarray, cx: np.ndarray, 
 def _params(rng: np.random.Generator, n: int, y: np.ndarray, d: float) -> dict[str, np.ndarray]:
     u = rng.random
     mal = y.astype(F32)
-    c = contrast(d, 0.25)
-    overlap = 0.5 * d  # size distributions move towards each other with difficulty
+    c = contrast(d, 0.25) * FEATURE_GAIN
+    overlap = 0.5 * d + SIZE_OVERLAP * (1 - 0.5 * d)  # size distributions move towards each other with difficulty
     r_benign = 0.16 + 0.14 * u(n)
     r_malig = 0.2 + 0.22 * u(n)
     radius = np.where(mal > 0, r_malig * (1 - 0.25 * overlap), r_benign * (1 + 0.25 * overlap))
@@ -73,7 +80,7 @@ def _params(rng: np.random.Generator, n: int, y: np.ndarray, d: float) -> dict[s
         "v_rad": 0.012 + 0.03 * u((n, N_VESSELS)) ** 2, "v_int": 0.25 + 0.3 * u((n, N_VESSELS)),
         "wall": (u(n) < 0.35).astype(F32), "wall_ang": 2 * np.pi * u(n), "wall_d": 0.55 + 0.3 * u(n),
         "fissure": (u(n) < 0.3).astype(F32), "fis_ang": np.pi * u(n), "fis_off": rng.normal(0, 0.4, n),
-        "noise": (0.015 + 0.01 * u(n)) * (0.7 + 1.3 * d),
+        "noise": (0.015 + 0.01 * u(n)) * (0.7 + 1.3 * d) * NOISE_GAIN,
     }
     return p
 
@@ -128,6 +135,8 @@ def _render(p: dict[str, np.ndarray], sl: slice, size: int, rng: np.random.Gener
     rib = gauss(((s - pleura - 0.18) / 0.07) ** 2 + (tt / 0.35) ** 2)
     fat = gauss(((s - pleura - 0.06) / 0.025) ** 2)
     img = img * (1 - wall) + wall * (0.62 - 0.2 * fat + 0.35 * rib)
+    if TEXTURE_SD > 0:
+        img = img + TEXTURE_SD * powerlaw_noise(rng, m, size, TEXTURE_BETA)
     img = img + col(P["noise"]) * (smooth_noise(rng, m, size, 0.006) + 0.5 * rng.standard_normal(img.shape, F32))
     return np.clip(img, 0, 1).astype(F32)
 

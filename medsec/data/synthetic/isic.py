@@ -32,6 +32,7 @@ from medsec.data.synthetic._common import (
     patient_ids,
     pixel,
     polar,
+    powerlaw_noise,
     smooth_noise,
     soft_step,
     to_uint8,
@@ -41,6 +42,11 @@ P_MALIGNANT = 0.3
 N_HAIRS = 6
 N_FRECKLES = 3
 N_HARM = 5
+# How the lesion and the skin are rendered (see docs/synthetic.md, "Behaviour under attack").
+LESION_GAIN = 0.7  # pigment opacity of the lesion relative to the drawn level
+TEXTURE_SD = 0.03  # skin brightness varies as (1 + TEXTURE_SD * 1/f^TEXTURE_BETA texture)
+TEXTURE_BETA = 2.0
+NOISE_GAIN = 0.5  # sensor noise relative to the drawn level
 PALETTE = np.array([  # dark brown, black, blue-grey, red, white (regression)
     [0.32, 0.18, 0.10], [0.10, 0.08, 0.08], [0.42, 0.46, 0.58], [0.72, 0.32, 0.30], [0.85, 0.78, 0.75],
 ], dtype=F32)
@@ -66,7 +72,7 @@ def _params(rng: np.random.Generator, n: int, mal: np.ndarray, d: float) -> dict
         "lobe_dy": np.where(m > 0, rng.normal(0, 0.15, n) * c, 0.0),
         "lobe_r": 0.5 + 0.3 * u(n),
         "var_w": np.where(m[:, None] > 0, (0.4 + 0.6 * u((n, len(PALETTE)))) * c, 0.0) * (u((n, len(PALETTE))) < 0.7),
-        "strength": (0.55 + 0.35 * u(n)) * c + 0.1,
+        "strength": ((0.55 + 0.35 * u(n)) * c + 0.1) * LESION_GAIN,
         "ambig": np.full(n, 0.05 + 0.25 * d), "soft": np.full(n, 0.05 + 0.15 * d),
         "vignette": (u(n) < 0.4).astype(F32), "vig_r": 0.95 + 0.2 * u(n),
         "hairs": rng.integers(0, N_HAIRS + 1, n) * (u(n) < 0.35),
@@ -75,7 +81,7 @@ def _params(rng: np.random.Generator, n: int, mal: np.ndarray, d: float) -> dict
         "freckles": rng.integers(0, N_FRECKLES + 1, n) * (u(n) < 0.4),
         "f_y": 2 * u((n, N_FRECKLES)) - 1, "f_x": 2 * u((n, N_FRECKLES)) - 1,
         "f_r": 0.03 + 0.04 * u((n, N_FRECKLES)),
-        "noise": np.full(n, 0.015 + 0.03 * d), "light": rng.normal(0, 0.05, (n, 2)),
+        "noise": np.full(n, (0.015 + 0.03 * d) * NOISE_GAIN), "light": rng.normal(0, 0.05, (n, 2)),
     }
 
 
@@ -91,6 +97,8 @@ def _render(p: dict[str, np.ndarray], sl: slice, size: int, rng: np.random.Gener
     lines = 0.02 * smooth_noise(rng, m, size, 0.006)[:, None]
     light = 1 + col(P["light"][:, 0]) * x + col(P["light"][:, 1]) * y
     img = (skin + tint + lines) * light[:, None]
+    if TEXTURE_SD > 0:
+        img = img * (1 + TEXTURE_SD * powerlaw_noise(rng, m, size, TEXTURE_BETA))[:, None]
     # lesion field: main body plus an off-centre lobe (asymmetry), irregular noisy border
     cy, cx = col(P["cy"]), col(P["cx"])
     r, th = polar(y, x, cy, cx)

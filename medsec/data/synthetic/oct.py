@@ -28,6 +28,7 @@ from medsec.data.synthetic._common import (
     grid,
     patient_ids,
     pixel,
+    powerlaw_noise,
     render_chunks,
     smooth_noise,
     soft_step,
@@ -38,11 +39,19 @@ CLASSES = ("CNV", "DME", "DRUSEN", "NORMAL")
 N_DRUSEN = 6
 N_CYSTS = 7
 SPECKLE_GRID = 256  # speckle grains across a B-scan
+# How the lesions and the background are rendered (see docs/synthetic.md, "Behaviour under attack").
+FEATURE_GAIN = 0.4  # lesion size/height/contrast relative to the drawn pattern
+LESION_TEXTURE = 0.12  # fine reflectivity texture of the diseased tissue (relative std): microcystic inner retina
+# (DME), heterogeneous sub-RPE/subretinal material (CNV), irregular RPE band (DRUSEN)
+TEXTURE_SD = 0.0  # tissue reflectivity varies as (1 + TEXTURE_SD * 1/f^TEXTURE_BETA texture)
+TEXTURE_BETA = 2.0
+SPECKLE_GAIN = 0.3  # speckle strength relative to the drawn level
+NOISE_GAIN = 0.1  # detector noise relative to the drawn level
 
 
 def _params(rng: np.random.Generator, n: int, y: np.ndarray, d: float) -> dict[str, np.ndarray]:
     u = rng.random
-    c = contrast(d, 0.3)
+    c = contrast(d, 0.3) * FEATURE_GAIN
     cls = y
     return {
         "cls": cls.astype(F32),
@@ -59,7 +68,8 @@ def _params(rng: np.random.Generator, n: int, y: np.ndarray, d: float) -> dict[s
         # cnv
         "ped_x": rng.normal(0, 0.15, n), "ped_h": (0.1 + 0.1 * u(n)) * c, "ped_w": 0.14 + 0.12 * u(n),
         "srf_h": (0.06 + 0.08 * u(n)) * c, "irf": (u(n) < 0.25).astype(F32),
-        "speckle": 0.5 + 0.6 * d + 0.2 * u(n), "gain": 0.9 + 0.2 * u(n), "noise": np.full(n, 0.03 + 0.03 * d),
+        "speckle": (0.5 + 0.6 * d + 0.2 * u(n)) * SPECKLE_GAIN, "gain": 0.9 + 0.2 * u(n),
+        "noise": np.full(n, (0.03 + 0.03 * d) * NOISE_GAIN),
         "contrast": c * np.ones(n),
     }
 
@@ -128,10 +138,17 @@ def _render(p: dict[str, np.ndarray], sl: slice, size: int, rng: np.random.Gener
         r = col(P["cy_r"][:, k])
         cysts = np.maximum(cysts, on * soft_step(1 - np.sqrt(((X - cxk) / (0.8 * r)) ** 2 + ((Y - cyk) / r) ** 2), 0.3))
     img = img * (1 - 0.9 * cysts * c)
+    zone = (is_["DME"] * soft_step(Y - ilm, e) * soft_step(opl - Y, e)
+            + is_["CNV"] * soft_step(Y - (ez - 0.03), e) * soft_step(rpe + 0.06 - Y, e)
+            * gauss(((X - col(P["ped_x"])) / (2 * col(P["ped_w"]))) ** 2)
+            + is_["DRUSEN"] * gauss(((Y - rpe_top - 0.015) / 0.035) ** 2))
+    img = img * (1 + LESION_TEXTURE * zone * smooth_noise(rng, m, size, 0.012))
     # speckle: fully developed speckle is gamma-distributed; a pixel of a downsampled B-scan averages
     # about (SPECKLE_GRID / size)^2 grains (Kermany scans are ~500 px wide), so it is smoother at 64 px
+    if TEXTURE_SD > 0:
+        img = img * (1 + TEXTURE_SD * powerlaw_noise(rng, m, size, TEXTURE_BETA))
     grains = max(1.0, (SPECKLE_GRID / size) ** 2)
-    shape = grains / col(P["speckle"]) ** 2
+    shape = grains / np.maximum(col(P["speckle"]), 1e-3) ** 2
     sp = rng.gamma(np.broadcast_to(shape, (m, size, size)), 1.0).astype(F32) / shape
     img = np.clip(img, 0, None) * sp * col(P["gain"])
     img = np.log1p(6 * img) / np.log1p(6.0)
