@@ -12,9 +12,8 @@ import torch
 from medsec.report.clean import clean_table
 from medsec.report.document import Report, markdown_table, provenance_markdown
 from medsec.report.figures import metric_curves, roc_figure, sample_strip
-from medsec.studies.pattern import pattern_words
+from medsec.studies.pattern import COLUMNS, pattern_words
 
-COLUMNS = ("clean", "original_attack_no_defence", "original_attack_with_defence", "adaptive_attack_with_defence")
 HOW_TO_READ = (
     "Accuracy in percent; Dice 0-100. *Clean*: the defended system on clean inputs. A detector (MGM, GMM) handles "
     "an adversarial input when it rejects it or the prediction stays correct, a clean input when it accepts it "

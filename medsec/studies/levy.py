@@ -60,7 +60,7 @@ from medsec.studies.common import (
 )
 from medsec.studies.floor import converged_floor
 from medsec.studies.grid import Cell, Executor, cell_key, run_grid
-from medsec.studies.pattern import across_seeds, paper_pattern, verdict
+from medsec.studies.pattern import COLUMNS, across_seeds, paper_pattern, verdict
 
 console = Console()
 
@@ -108,7 +108,6 @@ ROWS: tuple[Row, ...] = (
         "fgsm", "FGSM on the pixel cross-entropy", (77.6, 43.9, 83.3, 22.1)),
 )
 ROW_IDS = tuple(r.id for r in ROWS)
-COLUMNS = ("clean", "original_attack_no_defence", "original_attack_with_defence", "adaptive_attack_with_defence")
 TRANSFER = "transfer"
 
 

@@ -23,6 +23,7 @@ SLACK = 15.0  # points of tolerance on the paper's value: synthetic stand-in dat
 ADAPTIVE_SLACK = 10.0
 HELD_BY = 10.0
 DROP = 20.0
+# Table 1's four columns, in the paper's order (results.json keys)
 COLUMNS = ("clean", "original_attack_no_defence", "original_attack_with_defence", "adaptive_attack_with_defence")
 
 
