@@ -13,7 +13,7 @@ import hashlib
 import json
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -64,6 +64,11 @@ class TrainConfig(_Strict):
     weight_decay: float = Field(1e-4, ge=0)
     patience: int = Field(4, ge=1)  # epochs without validation improvement before stopping
     augment: bool = True  # random horizontal flips and small shifts
+    # multi-label victims: where each finding is decided positive (see medsec.models.training.operating_point)
+    operating_point: Literal["prevalence", "youden", "half"] = "prevalence"
+    # torch CPU threads while training (None: torch's default). A fixed count makes a trained network the
+    # same on any machine with the same CPU kernels: the thread count changes the order CPU kernels sum in.
+    threads: int | None = Field(None, ge=1)
 
 
 class ModelConfig(_Strict):

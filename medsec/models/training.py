@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -78,6 +79,63 @@ class TrainResult:
     best_epoch: int
     best_val: float
     history: list[float] = field(default_factory=list)
+    operating_point: list[float] | None = None  # multi-label: the logit thresholds moved to 0 (per output)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run the block with `n` torch CPU threads (None: leave torch's setting), restoring the count after."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def decision_offsets(logits: torch.Tensor, targets: torch.Tensor, rule: str) -> torch.Tensor:
+    """Per-output logit thresholds of a multi-label classifier, chosen on validation outputs.
+
+    rule "prevalence": each finding is called positive on as many validation images as carry it (the
+    threshold is the (1 - prevalence) quantile of its logits), the usual way to put a multi-label chest X-ray
+    model with rare findings at an operating point: at probability 0.5 such a model calls almost nothing
+    positive. "youden": the ROC point maximising sensitivity + specificity. "half": probability 0.5 (logit 0).
+    A finding without positives or negatives in the validation split keeps logit 0."""
+    z, t = logits.double().cpu(), (targets.cpu() > 0.5)
+    out = torch.zeros(z.shape[1], dtype=torch.float64)
+    if rule == "half":
+        return out.float()
+    for k in range(z.shape[1]):
+        pos = int(t[:, k].sum())
+        if pos == 0 or pos == len(t):
+            continue
+        if rule == "prevalence":
+            out[k] = torch.quantile(z[:, k], 1 - pos / len(t))
+        elif rule == "youden":
+            order = torch.argsort(z[:, k], descending=True)
+            tk = t[order, k].double()
+            tpr, fpr = tk.cumsum(0) / pos, (1 - tk).cumsum(0) / (len(t) - pos)
+            j = int(torch.argmax(tpr - fpr))
+            out[k] = z[order[j], k]  # positive from this logit up: the threshold sits just below it
+            out[k] -= 1e-6
+        else:
+            raise MedsecError(f"unknown operating point rule {rule!r}: prevalence, youden or half")
+    return out.float()
+
+
+def set_operating_point(model: nn.Module, split: Split, rule: str, device: str | torch.device = "cpu") -> list[float]:
+    """Move a multi-label classifier's decisions (logit > 0) to `rule`'s operating point on `split` by
+    shifting its output layer's bias; returns the logit thresholds it subtracted. Scores, rankings and
+    AUROC are unchanged; only which findings count as present moves."""
+    head = getattr(model, "head", None)
+    if not isinstance(head, nn.Linear) or head.bias is None:
+        raise MedsecError(f"{type(model).__name__} has no linear output layer `head` with a bias to set an "
+                          "operating point on; use train.operating_point: half")
+    offsets = decision_offsets(predict(model, split.images(), device=device), split.target_tensor(), rule)
+    with torch.no_grad():
+        head.bias.sub_(offsets.to(head.bias.device, head.bias.dtype))
+    return [round(float(o), 4) for o in offsets]
 
 
 def train_model(
@@ -96,7 +154,17 @@ def train_model(
     extra_loss(model, x, y) is added to the task loss each step (defences use it for adversarial terms).
     train_set: (images in [0, 1], targets) to train on instead of data.train (a defence's augmented
     training set); validation still uses data.val.
+    Multi-label models end at cfg.operating_point (:func:`set_operating_point`, on data.val). Runs with
+    cfg.threads torch threads.
     """
+    with torch_threads(cfg.threads):
+        return _train(model, data, cfg, seed=seed, device=device, description=description, extra_loss=extra_loss,
+                      train_set=train_set)
+
+
+def _train(model: nn.Module, data: MedicalDataset, cfg: TrainConfig, *, seed: int, device: str | torch.device,
+           description: str, extra_loss: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None,
+           train_set: tuple[torch.Tensor, torch.Tensor] | None) -> TrainResult:
     task = data.info.task
     gen = seed_everything(seed)
     model.to(device)
@@ -144,4 +212,8 @@ def train_model(
     model.load_state_dict(best_state)
     model.eval()
     log.info("%s: best val %s=%.3f at epoch %d of %d", description, key, best, best_epoch, epoch)
-    return TrainResult(epochs=epoch, best_epoch=best_epoch, best_val=best, history=history)
+    offsets = None
+    if task == "multilabel" and cfg.operating_point != "half":
+        offsets = set_operating_point(model, data.val, cfg.operating_point, device)
+    return TrainResult(epochs=epoch, best_epoch=best_epoch, best_val=best, history=history,
+                       operating_point=offsets)

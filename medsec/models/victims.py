@@ -221,6 +221,8 @@ def get_victim(
             "data_variant": data_variant, "init_from": str(init_from) if init_from is not None else None,
             "init_digest": init_digest, "n_train": len(data.train),
             "epochs": result.epochs, "best_epoch": result.best_epoch,
+            "operating_point": None if result.operating_point is None else {
+                "rule": cfg.train.operating_point, "logit_thresholds": result.operating_point},
             "val": result.best_val, "test": evaluate_split(model, data.info.task, data.test, device)}
     try:
         save_checkpoint(model, path, meta)

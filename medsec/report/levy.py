@@ -95,6 +95,13 @@ def pattern_note(c: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _rounds(conv: dict[str, Any]) -> str:
+    """An attack's convergence in words: its value after each round, and whether it converged."""
+    steps = ", ".join(f"{r['value']:.1f}" + (f" after {r['steps']} steps x {r['restarts']}" if r["steps"] else
+                                              f" from {r['attack']}") for r in conv["rounds"])
+    return steps + (" (converged)" if conv["converged"] else " (**not converged** within the rounds allowed)")
+
+
 def row_notes(c: dict[str, Any]) -> list[str]:
     """The facts of one row as Markdown list items."""
     lines = [f"- victim: {c.get('victim')}; defence: {c['defence']}; n_test = {c['n_test']}",
@@ -107,11 +114,14 @@ def row_notes(c: dict[str, Any]) -> list[str]:
                      f"{c['rejected_original']:.1f}%, adaptive attack {c['rejected_adaptive']:.1f}% "
                      f"(threshold {c['threshold']:.4g}, fixed at fit time)")
     lines.append(f"- clean performance of the undefended victim: {c['clean_victim']:.1f}")
+    if c.get("adaptive_convergence"):
+        lines.append(f"- adaptive attack until it converges, on the images the defended system still handles: "
+                     f"{_rounds(c['adaptive_convergence'])}")
+    elif "adaptive_convergence" in c:
+        lines.append("- adaptive attack: run once with the row's budget (a limited-knowledge attacker cannot see "
+                     "which images fool the victim)")
     if "floor" in c:
-        steps = ", ".join(f"{r['value']:.1f}" + (f" after {r['steps']} steps x {r['restarts']}" if r["steps"] else
-                                                  " from the row's other attacks") for r in c["floor"]["rounds"])
-        state = "converged" if c["floor"]["converged"] else "**not converged** within the rounds allowed"
-        lines.append(f"- floor: {c['strong_attack']}: {steps} ({state})")
+        lines.append(f"- floor: {c['strong_attack']}: {_rounds(c['floor'])}")
     lines.append(f"- verdict: {c['verdict']}")
     lines.extend(pattern_note(c))
     return lines

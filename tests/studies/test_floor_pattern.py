@@ -7,7 +7,7 @@ import copy
 import torch
 from torch import nn
 
-from medsec.studies.floor import converged_floor, victim_scores
+from medsec.studies.floor import converge, converged_floor, victim_scores
 from medsec.studies.pattern import across_seeds, adaptive_bound, paper_pattern, pattern_words, verdict
 
 
@@ -95,3 +95,29 @@ def test_across_seeds_means_ranges_and_disagreement() -> None:
     assert out["seeds"]["verdicts"][0] == "broken" and not out["pattern"]["met"]
     same = across_seeds({0: a, 1: copy.deepcopy(a)})
     assert same["verdict"] == "broken" and same["pattern"]["met"]
+
+
+def test_converge_attacks_only_what_is_still_handled_and_stops_when_flat() -> None:
+    """The loop the floor and the adaptive attack share: round r attacks the images still handled with
+    steps * 2**r and r + 1 restarts, keeps the better image per image, and stops when the value stops moving."""
+    x = torch.zeros(10, 1, 2, 2)
+    calls: list[tuple[int, int, list[int]]] = []
+    breaks = {0: {0, 1, 2, 3}, 1: {4, 5}, 2: {6}, 3: set()}  # which images each round fools
+
+    def attack(steps: int, restarts: int, r: int, idx: torch.Tensor) -> torch.Tensor:
+        calls.append((steps, restarts, idx.tolist()))
+        xa = x[idx].clone()
+        for j, i in enumerate(idx.tolist()):
+            if i in breaks[r]:
+                xa[j] = 1.0  # this image now fools the system
+        return xa
+
+    def scores(xa: torch.Tensor, idx: torch.Tensor) -> object:
+        return (xa.flatten(1).amax(1) < 1).double().numpy()
+
+    out = converge(attack, scores, x, steps=3, task="classification", label="toy", tol=15.0, max_rounds=4)
+    assert [c[:2] for c in calls] == [(3, 1), (6, 2), (12, 3)]
+    assert calls[1][2] == [4, 5, 6, 7, 8, 9] and calls[2][2] == [6, 7, 8, 9]  # only what is still handled
+    assert [r["value"] for r in out["rounds"]] == [60.0, 40.0, 30.0]  # 40 -> 30 moves by < 15: converged
+    assert out["converged"] and out["value"] == 30.0
+    assert (out["x_adv"].flatten(1).amax(1) == 1).sum() == 7
