@@ -166,7 +166,7 @@ def row_cost(row_id: str, images: int, steps: tuple[int, int], batch: int, devic
     def run(steps_: int, folder: Path) -> dict[str, Any]:
         cfg = cfg_for(steps_)
         o = StudyOutput.at(folder)
-        cells, keys = levy_cells(cfg, o)
+        cells, keys, _ = levy_cells(cfg, o)
         return run_grid(cells, o.store, title=f"{row_id}, {steps_} steps")[keys[row_id]]
 
     t = _clock()

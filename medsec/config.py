@@ -159,6 +159,9 @@ class ReproduceConfig(_Strict):
     seeds: list[int] | None = None  # several seeds: victims, defences and attacks per seed; mean and range reported
     floor_rounds: int = Field(4, ge=1)  # the floor's APGD doubles its steps and adds a restart each round, at most
     floor_tol: float = Field(2.0, gt=0)  # this many rounds, until the floor moves by less than floor_tol points
+    # per row id, config overrides (nested like this file) for that row's victim, defence and attacks, e.g.
+    # {gmm-rsna: {data: {image_size: 224}}}: a row whose data must be seen at its paper's resolution
+    row_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 
 class TransferConfig(_Strict):
@@ -234,6 +237,10 @@ class ExperimentConfig(_Strict):
         """A short hash of the named sections (e.g. "data", "train", "model") for cache keys."""
         payload = {p: getattr(self, p).model_dump() for p in parts}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+    def with_overrides(self, overrides: dict[str, Any], source: str = "(overrides)") -> ExperimentConfig:
+        """This config with nested `overrides` laid over it, validated (ConfigError names a bad key or value)."""
+        return config_from_dict(_deep_update(self.model_dump(mode="json"), overrides), source)
 
     def to_yaml(self) -> str:
         """The config as YAML, as a run records it beside its results."""

@@ -384,13 +384,23 @@ def compute_row(cfg: ExperimentConfig, row: Row, defence_result: str, samples: s
 # ----------------------------------------------------------------------------------------------------------
 
 def config_hash(cfg: ExperimentConfig) -> str:
-    """Hash of everything that changes a row's numbers (not the row selection, cache folder or device)."""
-    return config_digest(cfg, "reproduce.rows", "reproduce.seeds")
+    """Hash of everything that changes a row's numbers (not the row selection, cache folder or device; a row's
+    own overrides count once applied, through :func:`row_config`)."""
+    return config_digest(cfg, "reproduce.rows", "reproduce.seeds", "reproduce.row_overrides")
+
+
+def row_config(cfg: ExperimentConfig, row: Row) -> ExperimentConfig:
+    """The config a row runs with: `cfg` with the row's ``reproduce.row_overrides`` laid over it."""
+    over = cfg.reproduce.row_overrides.get(row.id)
+    return cfg if not over else cfg.with_overrides(over, f"reproduce.row_overrides.{row.id}")
 
 
 def selected_rows(cfg: ExperimentConfig) -> list[Row]:
     """The rows the config asks for (all eight by default); ConfigError for an unknown id."""
     ids = cfg.reproduce.rows
+    unknown = [i for i in cfg.reproduce.row_overrides if i not in ROW_IDS]
+    if unknown:
+        raise ConfigError(f"reproduce.row_overrides: unknown row {', '.join(unknown)}; available: {', '.join(ROW_IDS)}")
     if ids is None:
         return list(ROWS)
     unknown = [i for i in ids if i not in ROW_IDS]
@@ -404,24 +414,27 @@ def run_seeds(cfg: ExperimentConfig) -> list[int]:
     return list(dict.fromkeys(cfg.reproduce.seeds)) if cfg.reproduce.seeds else [cfg.seed]
 
 
-def levy_cells(cfg: ExperimentConfig, out: StudyOutput) -> tuple[list[Cell], dict[str, dict[int, str]]]:
+def levy_cells(cfg: ExperimentConfig, out: StudyOutput) -> tuple[list[Cell], dict[str, dict[int, str]], dict[str, str]]:
     """The grid, per seed: one cell per victim and per fitted defence, then one per row; (cells, row id ->
-    seed -> cell key)."""
+    seed -> cell key, dataset -> the first seed's victim cell key, first row using it)."""
     cells: dict[str, Cell] = {}
     row_keys: dict[str, dict[int, str]] = {}
+    first_victims: dict[str, str] = {}
     for seed in run_seeds(cfg):
         cs = cfg if seed == cfg.seed else cfg.model_copy(update={"seed": seed})
-        h = config_hash(cs)
         for row in selected_rows(cfg):
-            v, d = victim_cell(cs, row.dataset, h), defence_cell(cs, row.defence, row.dataset, h)
+            cr = row_config(cs, row)
+            h = config_hash(cr)
+            v, d = victim_cell(cr, row.dataset, h), defence_cell(cr, row.defence, row.dataset, h)
             cells.setdefault(v.key, v)
             cells.setdefault(d.key, d)
+            first_victims.setdefault(row.dataset, v.key)
             key = cell_key("levy", row.id, h)
             row_keys.setdefault(row.id, {})[seed] = key
-            cells[key] = Cell(key, compute_row, {"cfg": cs, "row": row, "defence_result": str(out.store.path(d.key)),
+            cells[key] = Cell(key, compute_row, {"cfg": cr, "row": row, "defence_result": str(out.store.path(d.key)),
                                                  "samples": str(out.store.path(key).with_suffix(".samples.npz"))},
                               after=(v.key, d.key))
-    return list(cells.values()), row_keys
+    return list(cells.values()), row_keys, first_victims
 
 
 def row_over_seeds(done: dict[str, dict[str, Any]], keys: dict[int, str]) -> dict[str, Any]:
@@ -449,13 +462,12 @@ def run_levy(cfg: ExperimentConfig, out_dir: str | Path, executor: Executor | No
     clean_metrics.json. Returns what the report needs: the rows, the victims' clean rows, the integrity demo,
     provenance; figures and clean rows come from the first seed."""
     out = StudyOutput.at(out_dir)
-    cells, row_keys = levy_cells(cfg, out)
+    cells, row_keys, first_victims = levy_cells(cfg, out)
     done = run_grid(cells, out.store, executor, title="Levy et al. 2022, Tables 1 and 2")
     rows = [row_over_seeds(done, row_keys[r.id]) for r in selected_rows(cfg)]
     out.write_results(results_rows(rows))
-    datasets = list(dict.fromkeys(r.dataset for r in selected_rows(cfg)))
-    first = config_hash(cfg.model_copy(update={"seed": run_seeds(cfg)[0]}))
-    clean = [done[victim_cell(cfg, d, first).key] for d in datasets]
+    datasets = list(first_victims)
+    clean = [done[k] for k in first_victims.values()]
     integrity = integrity_section(cfg, out.root, dataset="chest2" if "chest2" in datasets else datasets[0])
     seeds = run_seeds(cfg)
     prov = provenance(cfg, out, {"experiment": seeds[0], "attacks": seeds[0], "surrogates": seeds[0] + 100}

@@ -116,3 +116,21 @@ def test_every_table1_row_is_defined_once():
         ("mgm", "chest14"), ("ensemble", "ct-slices"), ("denoiser", "rsna"), ("rbf", "chest2"), ("gmm", "rsna"),
         ("gmm", "oct"), ("rbf", "brain-mri"), ("rbf", "isic")}
     assert all(0 < r.eps <= 1 for r in rp.ROWS)
+
+
+def test_a_row_override_gives_that_row_its_own_victim_and_leaves_the_others(tmp_path):
+    cfg = _cfg(tmp_path, ["rbf-chest2", "mgm-chest14"])
+    plain_cells, plain_keys, _ = rp.levy_cells(cfg, rp.StudyOutput.at(tmp_path / "a"))
+    over = cfg.with_overrides({"reproduce": {"row_overrides": {"rbf-chest2": {"data": {"image_size": 24}}}}})
+    cells, keys, first = rp.levy_cells(over, rp.StudyOutput.at(tmp_path / "b"))
+    assert keys["mgm-chest14"] == plain_keys["mgm-chest14"]  # untouched rows keep their cells
+    assert keys["rbf-chest2"] != plain_keys["rbf-chest2"]
+    by_key = {c.key: c for c in cells}
+    assert by_key[keys["rbf-chest2"][0]].kwargs["cfg"].data.image_size == 24
+    assert by_key[keys["mgm-chest14"][0]].kwargs["cfg"].data.image_size == 16
+    assert set(first) == {"chest2", "chest14"}
+    with pytest.raises(ConfigError, match="row_overrides: unknown row nope"):
+        rp.selected_rows(cfg.with_overrides({"reproduce": {"row_overrides": {"nope": {}}}}))
+    with pytest.raises(ConfigError, match="row_overrides.rbf-chest2"):
+        rp.row_config(cfg.with_overrides({"reproduce": {"row_overrides": {"rbf-chest2": {"data": {"size": 1}}}}}),
+                      rp.ROWS[3])
