@@ -97,6 +97,9 @@ class GMMDefenceConfig(_Strict):
     ssat_weight: float = Field(3.0, ge=0)  # weight of CE on the FGSM images (their code: 3)
     ssat_eps: tuple[float, float] = (0.001, 0.003)  # FGSM eps ~ U(low, high) per batch (their code)
     ssat_lr: float = Field(1e-4, gt=0)
+    # where the offsets and threshold are set: clean validation images (the detector rejects about fpr of clean
+    # images it has not seen) or the training images the Gaussians were fitted on
+    calibrate_on: str = Field("val", pattern="^(val|train)$")
 
 
 class EnsembleDefenceConfig(_Strict):
@@ -159,6 +162,8 @@ class ReproduceConfig(_Strict):
     seeds: list[int] | None = None  # several seeds: victims, defences and attacks per seed; mean and range reported
     floor_rounds: int = Field(4, ge=1)  # the floor's APGD doubles its steps and adds a restart each round, at most
     floor_tol: float = Field(2.0, gt=0)  # this many rounds, until the floor moves by less than floor_tol points
+    # rounds of the adaptive attack's escalation (medsec.studies.floor.converge); None: floor_rounds
+    adaptive_rounds: int | None = Field(None, ge=1)
     # per row id, config overrides (nested like this file) for that row's victim, defence and attacks, e.g.
     # {gmm-rsna: {data: {image_size: 224}}}: a row whose data must be seen at its paper's resolution
     row_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)

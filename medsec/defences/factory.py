@@ -55,7 +55,8 @@ def _build(cfg: ExperimentConfig, name: str, victim: Victim, seed: int) -> Defen
         g = dc.gmm
         return GMM.from_victim(victim, fpr=dc.fpr, reg=dc.mgm_reg, shrinkage=dc.covariance_shrinkage,
                                covariance=g.covariance, ssat_epochs=g.ssat_epochs,
-                               ssat_weight=g.ssat_weight, ssat_eps=g.ssat_eps, ssat_lr=g.ssat_lr)
+                               ssat_weight=g.ssat_weight, ssat_eps=g.ssat_eps, ssat_lr=g.ssat_lr,
+                               calibrate_on=g.calibrate_on)
     if name == "ensemble":
         e = dc.ensemble
         args = {**net_args, "arch": e.arch or meta["arch"]}

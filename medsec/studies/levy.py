@@ -245,8 +245,9 @@ def adaptive_stage(run: RowRun, opts: dict[str, Any]) -> tuple[Recipe, Tensor, f
         return handled_scores(run.defence, xa, run.y[idx], run.task, adversarial=True, detector=run.detector,
                               finding=None if run.finding is None else run.finding[idx])
 
+    rounds = rc.floor_rounds if rc.adaptive_rounds is None else rc.adaptive_rounds
     conv = converge(attack, scores, run.x, steps=opts["steps"], task=run.task, label=recipe.name,
-                    tol=rc.floor_tol, max_rounds=rc.floor_rounds)
+                    tol=rc.floor_tol, max_rounds=rounds)
     return recipe, conv["x_adv"], time.perf_counter() - t0, {k: conv[k] for k in ("value", "converged", "rounds", "tol")}
 
 

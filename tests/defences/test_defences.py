@@ -277,6 +277,16 @@ def test_ledoit_wolf_and_tied_covariance_keep_held_out_rejection_near_the_traini
             assert all(torch.equal(g.cholesky, gmm.gaussians[0].cholesky) for g in gmm.gaussians)
             assert not torch.equal(gmm.gaussians[0].mean, gmm.gaussians[1].mean)
     assert rates["per-class"] > 0.5 and rates["tied"] < 0.2, rates  # measured: 0.71 and 0.15
+    # calibrated on clean held-out features (the default in gmm.fit: the validation split), the per-class
+    # Gaussians still overfit but the threshold rejects about 5% of clean images the detector has not seen
+    (fv, lv), (fh2, lh2) = draw(250), draw(500)
+    gmm = GMM(_tiny_classifier(), k, shrinkage="ledoit-wolf", covariance="tied")
+    gmm.fit_features(ft, lt, torch.nn.functional.one_hot(lt, k).float(),
+                     calibration=(fv, lv, torch.nn.functional.one_hot(lv, k).float()))
+    held = gmm._score_parts(torch.nn.functional.one_hot(lh2, k).float(), fh2) > gmm.threshold
+    assert abs(held.float().mean().item() - 0.05) < 0.03, held.float().mean()
+    with pytest.raises(MedsecError, match="calibrate_on"):
+        GMM(_tiny_classifier(), k, calibrate_on="test")
     with pytest.raises(MedsecError, match="covariance"):
         GMM(_tiny_classifier(), k, covariance="full")
     with pytest.raises(MedsecError, match="shrinkage"):
