@@ -17,8 +17,8 @@ from medsec.studies.pattern import COLUMNS, pattern_words
 HOW_TO_READ = (
     "Accuracy in percent; Dice 0-100. *Clean*: the defended system on clean inputs. A detector (MGM, GMM) handles "
     "an adversarial input when it rejects it or the prediction stays correct, a clean input when it accepts it "
-    "and the prediction is correct; its threshold rejects 5% of clean training images and is fixed at fit time, "
-    "before any attack. GMM accuracy = 100 - adversarial risk. eps is L_inf in [0, 1] pixel units, the same for "
+    "and the prediction is correct; its threshold rejects 5% of clean images (MGM: training images; GMM: "
+    "validation images) and is fixed at fit time, before any attack. GMM accuracy = 100 - adversarial risk. eps is L_inf in [0, 1] pixel units, the same for "
     "the original and the adaptive attack of a row, and all attacks of a row use the same test images. Each "
     "cell: ours (paper).")
 DATA_NOTE = (

@@ -10,7 +10,7 @@ Protocol (as the paper says; chosen and stated where it is silent):
 - accuracy of a detector defence (MGM, GMM): an adversarial input counts as handled when it is rejected or
   still correctly classified; a clean input when it is accepted and correctly classified
   (:mod:`medsec.metrics.system`). The threshold is the defence's own, fixed at fit time to reject 5% of CLEAN
-  TRAINING data, before any attack runs; nothing here refits it. GMM's adversarial risk = 100 - that accuracy
+  data (MGM: training images; GMM: validation images), before any attack runs; nothing here refits it. GMM's adversarial risk = 100 - that accuracy
   (Levy et al. Table 1 caption);
 - multi-label chest14 (MGM): the attacked finding is the victim's top clean finding (Li & Zhu); an image is
   correctly classified when the decision on that finding matches its label; Table 2's AUROC columns are the
