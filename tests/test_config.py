@@ -60,7 +60,7 @@ def test_full_smoke_differs_from_full_only_in_sizes():
     changed = {k for k in full if full[k] != smoke[k]}
     assert changed == {k for k, _ in _leaves(SMOKE_SIZES)} | {"profile"}
     size_words = ("n_", "epochs", "steps", "patience", "surrogates", "multipliers", "eps", "data_variants",
-                  "sizes", "pixels", "inits", "popsize", "iterations", "rates", "targets", "poisons")
+                  "sizes", "pixels", "inits", "popsize", "iterations", "rates", "targets", "poisons", "rounds")
     for key in changed - {"profile"}:
         assert any(w in key.split(".")[-1] for w in size_words), f"full-smoke changes {key}, not a size"
     assert smoke["data.image_size"] == full["data.image_size"] == 224
