@@ -131,10 +131,10 @@ class GMM(ClassifierDetector):
         return self
 
     def _features(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        dev = module_device(self)
-        feats = batched(self.classifier.features, x, self.batch_size, dev, cpu=True)
-        logits = batched(self.classifier, x, self.batch_size, dev, cpu=True)
-        return feats, y, logits
+        """(features, labels, logits) of clean images, from one forward pass per batch."""
+        both = batched(lambda xb: torch.cat(self.classifier.forward_features(xb), 1), x, self.batch_size,
+                       module_device(self), cpu=True)  # logits, then features, side by side
+        return both[:, self.num_classes:], y, both[:, :self.num_classes]
 
     def fit_features(self, feats: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor,
                      calibration: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> GMM:
@@ -145,15 +145,18 @@ class GMM(ClassifierDetector):
         means than unseen ones: on the quick oct and rsna victims the training threshold rejected 14-17 % of
         clean test images instead of 5 %)."""
         dev = module_device(self)
-        feats, labels = feats.detach().float().cpu(), labels.cpu().long()
+
+        def on_cpu(f: torch.Tensor, lab: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return f.detach().float().cpu(), lab.cpu().long()
+
+        feats, labels = on_cpu(feats, labels)
         offsets = torch.zeros(self.num_classes)
         groups = [feats[labels == c] for c in range(self.num_classes)]
         for c, fc in enumerate(groups):
             if len(fc) < 2:
                 raise MedsecError(f"GMM: class {c} has {len(fc)} clean training images; need at least 2")
         c_feats, c_labels, c_logits = ((feats, labels, logits) if calibration is None else
-                                       (calibration[0].detach().float().cpu(), calibration[1].cpu().long(),
-                                        calibration[2]))
+                                       (*on_cpu(calibration[0], calibration[1]), calibration[2]))
         c_groups = [c_feats[c_labels == c] for c in range(self.num_classes)]
         for c, fc in enumerate(c_groups):
             if len(fc) < 1:

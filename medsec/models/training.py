@@ -102,6 +102,8 @@ def decision_offsets(logits: torch.Tensor, targets: torch.Tensor, rule: str) -> 
     model with rare findings at an operating point: at probability 0.5 such a model calls almost nothing
     positive. "youden": the ROC point maximising sensitivity + specificity. "half": probability 0.5 (logit 0).
     A finding without positives or negatives in the validation split keeps logit 0."""
+    if rule not in ("prevalence", "youden", "half"):
+        raise MedsecError(f"unknown operating point rule {rule!r}: prevalence, youden or half")
     z, t = logits.double().cpu(), (targets.cpu() > 0.5)
     out = torch.zeros(z.shape[1], dtype=torch.float64)
     if rule == "half":
@@ -112,15 +114,11 @@ def decision_offsets(logits: torch.Tensor, targets: torch.Tensor, rule: str) -> 
             continue
         if rule == "prevalence":
             out[k] = torch.quantile(z[:, k], 1 - pos / len(t))
-        elif rule == "youden":
+        else:  # youden: positive from the best ROC point's logit up, so the threshold sits just below it
             order = torch.argsort(z[:, k], descending=True)
             tk = t[order, k].double()
             tpr, fpr = tk.cumsum(0) / pos, (1 - tk).cumsum(0) / (len(t) - pos)
-            j = int(torch.argmax(tpr - fpr))
-            out[k] = z[order[j], k]  # positive from this logit up: the threshold sits just below it
-            out[k] -= 1e-6
-        else:
-            raise MedsecError(f"unknown operating point rule {rule!r}: prevalence, youden or half")
+            out[k] = z[order[int(torch.argmax(tpr - fpr))], k] - 1e-6
     return out.float()
 
 

@@ -41,7 +41,7 @@ def converge(attack: RoundAttack, scores: Scores, x: Tensor, *, steps: int, task
              max_rounds: int = 4) -> dict[str, Any]:
     """Run `attack` with doubling steps and one restart more each round until the value (mean score, percent)
     moves by less than `tol`; {"value", "converged", "rounds": [{"attack", "steps", "restarts", "attacked",
-    "value"}, ...], "tol", "x_adv", "scores"} (x_adv, scores: per image the best found; not for JSON).
+    "value"}, ...], "tol", "x_adv"} (x_adv: per image the best image found; not for JSON).
 
     prior: adversarial versions of x (from `prior_label`) that seed the per-image best, before any round."""
     all_idx = torch.arange(x.shape[0], device=x.device)
@@ -78,8 +78,7 @@ def converge(attack: RoundAttack, scores: Scores, x: Tensor, *, steps: int, task
             converged = True
             break
         previous, s_steps, restarts = value, s_steps * 2, restarts + 1
-    return {"value": percent(best), "converged": converged, "rounds": rounds, "tol": tol, "x_adv": x_best,
-            "scores": best}
+    return {"value": percent(best), "converged": converged, "rounds": rounds, "tol": tol, "x_adv": x_best}
 
 
 def victim_scores(model: nn.Module, x: Tensor, y: Tensor, task: str, finding: Tensor | None = None) -> np.ndarray:
