@@ -29,6 +29,8 @@ SuccessFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 InputTransform = Callable[[Tensor, "torch.Generator | None"], Tensor]
 
 NORMS = ("linf", "l2")
+# segmentation: an untargeted attack has reached its goal on an image once its Dice is at most this (default)
+DICE_SUCCESS = 0.1
 _STATEFUL_IN_TRAIN = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd, nn.modules.instancenorm._InstanceNorm)
 
 
@@ -177,7 +179,7 @@ class Goal:
     task: AttackTask
     targeted: bool
     finding_mask: Tensor | None = None  # multilabel: (N, K) bool, the attacked findings
-    dice_threshold: float = 0.1
+    dice_threshold: float = DICE_SUCCESS
     custom: SuccessFn | None = None
 
     def success(self, outputs: Tensor, x_adv: Tensor, y: Tensor, idx: Tensor | None = None) -> Tensor:
@@ -623,7 +625,7 @@ class Attack:
     eps: float | None = None
 
     def __init__(self, *, targeted: bool = False, loss: str | Loss = "ce", extra: Loss | None = None,
-                 findings: str | int | Sequence[int] = "top", dice_threshold: float = 0.1,
+                 findings: str | int | Sequence[int] = "top", dice_threshold: float = DICE_SUCCESS,
                  success: SuccessFn | None = None, task: AttackTask | None = None,
                  grad_model: nn.Module | Sequence[nn.Module] | None = None, seed: int | None = 0,
                  input_transform: InputTransform | None = None, precision: str = "auto",

@@ -20,7 +20,14 @@ def seg_prediction(outputs: Tensor) -> Tensor:
     """Hard mask from (N, K, H, W) logits: argmax, or logit > 0 for a single-channel (sigmoid) model."""
     if outputs.shape[1] == 1:
         return (outputs[:, 0] > 0).long()
-    return outputs.argmax(1)
+    # argmax over the class channel, one comparison per class: torch's argmax(1) over a channel-first tensor
+    # is a strided reduction about 100x slower on CPU, and attacks take this mask at every step
+    best, pred = outputs[:, 0], torch.zeros_like(outputs[:, 0], dtype=torch.long)
+    for c in range(1, outputs.shape[1]):
+        above = outputs[:, c] > best
+        pred = torch.where(above, c, pred)
+        best = torch.where(above, outputs[:, c], best)
+    return pred
 
 
 def dice_per_sample(pred: Tensor, target: Tensor, num_classes: int, dtype: torch.dtype = torch.float32) -> Tensor:

@@ -8,8 +8,9 @@ has not converged under-states what it can do. So both are run by :func:`converg
 - per image, the best image found so far is kept (seeded with every image set the row already has, so the
   floor is never weaker per image than anything else in the row);
 - the attack runs with the row's step budget, then doubles the steps and adds a restart each round, attacking
-  only the images the system still handles (every image for segmentation), until the value moves by less than
-  ``tol`` points between two rounds or ``max_rounds`` are spent;
+  only the images the system still handles (for segmentation: whose Dice is above the attacks' own success
+  threshold, ``medsec.attacks.core.DICE_SUCCESS``; the attacks stop on an image once it is reached), until
+  the value moves by less than ``tol`` points between two rounds or ``max_rounds`` are spent;
 - every round is recorded, so the report can show the convergence, and whether it converged.
 
 The floor (:func:`converged_floor`) is APGD (margin loss; Dice loss for segmentation) on the UNDEFENDED
@@ -27,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from medsec.attacks.apgd import APGD
+from medsec.attacks.core import DICE_SUCCESS
 from medsec.metrics.system import handled, percent
 from medsec.models.inference import batched
 
@@ -38,12 +40,16 @@ Scores = Callable[[Tensor, Tensor], np.ndarray]
 
 def converge(attack: RoundAttack, scores: Scores, x: Tensor, *, steps: int, task: str, label: str,
              prior: Sequence[Tensor] = (), prior_label: str = "the row's other attacks", tol: float = 2.0,
-             max_rounds: int = 4) -> dict[str, Any]:
+             max_rounds: int = 4, done_at: float | None = None) -> dict[str, Any]:
     """Run `attack` with doubling steps and one restart more each round until the value (mean score, percent)
     moves by less than `tol`; {"value", "converged", "rounds": [{"attack", "steps", "restarts", "attacked",
     "value"}, ...], "tol", "x_adv"} (x_adv: per image the best image found; not for JSON).
 
-    prior: adversarial versions of x (from `prior_label`) that seed the per-image best, before any round."""
+    prior: adversarial versions of x (from `prior_label`) that seed the per-image best, before any round.
+    done_at: an image whose score is at most this is not attacked again (default: 0, and for segmentation the
+    attacks' success threshold DICE_SUCCESS, where they stop on an image anyway)."""
+    if done_at is None:
+        done_at = DICE_SUCCESS if task == "segmentation" else 0.0
     all_idx = torch.arange(x.shape[0], device=x.device)
     best = np.full(x.shape[0], np.inf)
     x_best = x.clone()
@@ -64,7 +70,7 @@ def converge(attack: RoundAttack, scores: Scores, x: Tensor, *, steps: int, task
                        "value": percent(best)})
     s_steps, restarts, previous, converged = steps, 1, None, False
     for r in range(max_rounds):
-        todo = np.flatnonzero(best > 0) if task != "segmentation" else np.arange(x.shape[0])
+        todo = np.flatnonzero(best > done_at)
         if todo.size:
             idx = torch.as_tensor(todo, device=x.device)
             keep(attack(s_steps, restarts, r, idx), idx)

@@ -103,3 +103,14 @@ def test_one_dice_rule_for_one_and_two_channel_outputs():
     assert torch.allclose(quality(logit, mask, "segmentation", no), quality(two, mask, "segmentation", no))
     empty = torch.zeros(1, 8, 8, dtype=torch.long)
     assert M.dice(torch.full((1, 1, 8, 8), -1.0), empty)[0] == 1.0  # nothing to find, nothing found
+
+
+def test_segmentation_mask_is_the_channel_argmax_ties_to_the_first_class():
+    from medsec.metrics.segmentation import seg_prediction
+
+    torch.manual_seed(0)
+    for k in (2, 3, 5):
+        z = torch.randn(4, k, 9, 7)
+        z[:, 1, :2] = z[:, 0, :2]  # ties: the lower class wins, as with argmax
+        assert torch.equal(seg_prediction(z), z.argmax(1))
+        assert seg_prediction(z).dtype == torch.long

@@ -121,3 +121,25 @@ def test_converge_attacks_only_what_is_still_handled_and_stops_when_flat() -> No
     assert [r["value"] for r in out["rounds"]] == [60.0, 40.0, 30.0]  # 40 -> 30 moves by < 15: converged
     assert out["converged"] and out["value"] == 30.0
     assert (out["x_adv"].flatten(1).amax(1) == 1).sum() == 7
+
+
+def test_converge_on_segmentation_attacks_again_only_images_above_the_success_dice() -> None:
+    """Segmentation scores are Dice values: an image the attacks already brought to DICE_SUCCESS or below
+    (where they stop on it) is not attacked again; the others are, with the doubled budget."""
+    from medsec.attacks.core import DICE_SUCCESS
+
+    x = torch.zeros(6, 1, 2, 2, dtype=torch.float64)
+    dice_after = {0: [0.0, 0.05, DICE_SUCCESS, 0.3, 0.6, 0.9], 1: [0.0, 0.0, 0.0, 0.05, 0.5, 0.2]}
+    calls: list[list[int]] = []
+
+    def attack(steps: int, restarts: int, r: int, idx: torch.Tensor) -> torch.Tensor:
+        calls.append(idx.tolist())
+        return torch.tensor([dice_after[r][i] for i in idx.tolist()], dtype=torch.float64).view(-1, 1, 1, 1).expand(-1, 1, 2, 2).clone()
+
+    def scores(xa: torch.Tensor, idx: torch.Tensor) -> object:
+        return xa.flatten(1)[:, 0].double().numpy()
+
+    out = converge(attack, scores, x, steps=2, task="segmentation", label="toy", tol=0.5, max_rounds=2)
+    assert calls == [[0, 1, 2, 3, 4, 5], [3, 4, 5]]
+    assert out["rounds"][-1]["attacked"] == 3
+    assert out["value"] == round(100 * (0.0 + 0.05 + DICE_SUCCESS + 0.05 + 0.5 + 0.2) / 6, 2)
