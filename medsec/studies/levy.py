@@ -328,11 +328,14 @@ def curves_stage(run: RowRun, t1: dict[str, Any], opts: dict[str, Any]) -> dict[
         "adaptive attack": [(row.eps, t1["adaptive_attack_with_defence"])]}
     nc = min(rc.n_curve, run.x.shape[0])
     xc, yc = run.x[:nc], run.y[:nc]
+    short = {"steps": curve_steps(rc.steps)}
+    if opts.get("surrogates"):  # the transfer attacks' own longer budget, shortened in the same proportion
+        short["transfer_steps"] = 3 * short["steps"]
     for m in rc.curve_multipliers:
         e = min(1.0, row.eps * float(m))
         xo = original_attack(run, e)(run.plain if crafted_without_defence(row) else run.defence, xc, yc)
         curve["original attack"].append((e, run.system(xo, adversarial=True)))
-        xa = recipe_for(run.defence, e, **{**opts, "steps": curve_steps(rc.steps)})(run.defence, xc, yc)
+        xa = recipe_for(run.defence, e, **{**opts, **short})(run.defence, xc, yc)
         curve["adaptive attack"].append((e, run.system(xa, adversarial=True)))
     return {"curves": {k: sorted(v) for k, v in curve.items()},
             "curve_note": f"at eps {row.eps:g} the table's values ({run.x.shape[0]} images); the other eps points "

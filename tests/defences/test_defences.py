@@ -181,6 +181,36 @@ def test_rbf_layer_matches_official_formula():
     np.testing.assert_allclose(out.transpose(0, 2, 3, 1).reshape(2, 15, 4), ref, rtol=1e-4, atol=1e-5)
 
 
+def test_rbf_layer_gradients_match_autograd_of_the_plain_expression():
+    """The fused kernel's backward pass (input and every parameter, the clamp included) against autograd of
+    the formula written out, in float64; and torch's gradcheck on the fused op."""
+    torch.manual_seed(7)
+    layer = KernelizedManifoldMapping(3).double()
+    with torch.no_grad():
+        layer.psi.add_(0.3 * torch.randn(3, 3, dtype=torch.float64))
+        layer.betas.uniform_(0.5, 2.5)
+    x = (torch.rand(2, 3, 4, 5, dtype=torch.float64) * 2).requires_grad_(True)
+    with torch.no_grad():  # one value exactly at a center so the clamp is exercised
+        x[0, 0, 0, 0] = layer.centers[0, 0]
+
+    def plain(xx: torch.Tensor) -> torch.Tensor:
+        g = torch.exp(-layer.betas.view(1, -1, 1, 1) * layer.distance(xx))
+        return torch.einsum("bjhw,jk->bkhw", g, layer.kernel) + layer.bias.view(1, -1, 1, 1)
+
+    params = [x, *layer.parameters()]
+    w = torch.randn(2, 3, 4, 5, dtype=torch.float64)
+    fused = torch.autograd.grad((layer(x) * w).sum(), params)
+    ref = torch.autograd.grad((plain(x) * w).sum(), params)
+    for a, b in zip(fused, ref, strict=True):
+        torch.testing.assert_close(a, b)
+    from medsec.defences.rbf import _Kernel
+
+    a_, m_, k_ = (t.detach().requires_grad_(True) for t in layer._coefficients())
+    beta = layer.betas.detach().clone().requires_grad_(True)
+    xg = (torch.rand(1, 3, 2, 2, dtype=torch.float64) * 2).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda *t: _Kernel.apply(*t), (xg, a_, m_, k_, beta))
+
+
 # --- save / load ------------------------------------------------------------------------------------------------
 
 def _roundtrip(defence, x, tmp_path):
