@@ -119,10 +119,12 @@ class EnsembleDefenceConfig(_Strict):
 
 
 class DenoiserDefenceConfig(_Strict):
-    """Embedded denoiser (Xue et al. 2019): Gaussian noise sigma ~ U(0, noise_std), L1 + CE."""
+    """Embedded denoiser (Xue et al. 2019): Gaussian noise sigma ~ U(0, noise_std), CE + L1 reconstruction +
+    feature invariance (squared distance of the noised image's features to the clean image's)."""
 
     noise_std: float = Field(0.1, ge=0, le=1)
     rec_weight: float = Field(1.0, ge=0)
+    feature_weight: float = Field(1.0, ge=0)
     ae_width: int = Field(16, ge=2)
 
 

@@ -4,9 +4,12 @@ The classifier sees the auto-encoder's reconstruction D(E(x)) through the victim
 encoder representation E(x) (pooled, concatenated with the backbone features before the linear head), as in
 Levy et al.'s Fig. 3. Training (Xue et al. did not publish weights or noise; chosen here, configurable):
 
-    loss = CE(f(x), y) + CE(f(x'), y) + rec_weight * L1(D(E(x')), x),   x' = clip(x + sigma * N(0, 1))
+    loss = CE(f(x), y) + CE(f(x'), y) + rec_weight * L1(D(E(x')), x)
+           + feature_weight * mean((phi(x') - phi(x))^2),                 x' = clip(x + sigma * N(0, 1))
 
-with sigma ~ U(0, noise_std) per image, noise_std = 0.1 and rec_weight = 1.0 by default.
+with sigma ~ U(0, noise_std) per image and phi the features the head classifies. The last term is Xue et al.'s
+"high-level feature invariance to general noises" (their abstract): the classifier's representation of a noised
+image is pulled towards that of the clean one. Defaults noise_std = 0.1, rec_weight = 1.0, feature_weight = 1.0.
 """
 
 from __future__ import annotations
@@ -66,9 +69,14 @@ class DenoisingClassifier(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """cat(backbone(denoised x), pooled encoder representation)."""
+        return self.features_and_reconstruction(x)[0]
+
+    def features_and_reconstruction(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features, the auto-encoder's reconstruction D(E(x))) from one pass."""
         z = self.autoencoder.encode(x)
-        fb = self.backbone(self.normalize(self.autoencoder.decode(z)))
-        return torch.cat([fb, torch.flatten(nn.functional.adaptive_avg_pool2d(z, 1), 1)], 1)
+        rec = self.autoencoder.decode(z)
+        fb = self.backbone(self.normalize(rec))
+        return torch.cat([fb, torch.flatten(nn.functional.adaptive_avg_pool2d(z, 1), 1)], 1), rec
 
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         f = self.features(x)
@@ -106,20 +114,23 @@ class Denoiser(TrainedNetworkDefence):
     factory: ClassVar[str] = "denoiser"
     EXPOSES: ClassVar[tuple[str, ...]] = ("classifier", "denoiser", "feature_extractor")
 
-    def __init__(self, classifier: nn.Module, noise_std: float = 0.1, rec_weight: float = 1.0) -> None:
+    def __init__(self, classifier: nn.Module, noise_std: float = 0.1, rec_weight: float = 1.0,
+                 feature_weight: float = 1.0) -> None:
         super().__init__(classifier)
         if not isinstance(classifier, DenoisingClassifier):
             raise MedsecError(f"Denoiser needs a DenoisingClassifier, got {type(classifier).__name__}")
-        if noise_std < 0 or rec_weight < 0:
-            raise MedsecError(f"noise_std and rec_weight must be >= 0, got {noise_std}, {rec_weight}")
-        self.noise_std, self.rec_weight = float(noise_std), float(rec_weight)
+        if noise_std < 0 or rec_weight < 0 or feature_weight < 0:
+            raise MedsecError(f"noise_std, rec_weight and feature_weight must be >= 0, got {noise_std}, "
+                              f"{rec_weight}, {feature_weight}")
+        self.noise_std, self.rec_weight, self.feature_weight = float(noise_std), float(rec_weight), float(feature_weight)
 
     @classmethod
-    def build(cls, noise_std: float = 0.1, rec_weight: float = 1.0, **args: Any) -> Denoiser:  # type: ignore[override]
+    def build(cls, noise_std: float = 0.1, rec_weight: float = 1.0, feature_weight: float = 1.0,  # type: ignore[override]
+              **args: Any) -> Denoiser:
         """An untrained denoiser defence; `args` go to build_denoising_classifier."""
         from medsec.defences.nets import build_network
 
-        return cls(build_network({"factory": "denoiser", "args": args}), noise_std, rec_weight)
+        return cls(build_network({"factory": "denoiser", "args": args}), noise_std, rec_weight, feature_weight)
 
     @property
     def denoiser(self) -> DenoisingAutoEncoder:
@@ -132,22 +143,27 @@ class Denoiser(TrainedNetworkDefence):
         return self.classifier.features  # type: ignore[return-value]
 
     def _extra_loss(self) -> Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]:
-        noise_std, w = self.noise_std, self.rec_weight
+        noise_std, w, wf = self.noise_std, self.rec_weight, self.feature_weight
 
         def loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             sigma = torch.rand(x.shape[0], 1, 1, 1, device=x.device) * noise_std
             xn = (x + sigma * torch.randn_like(x)).clamp(0, 1)
-            ce = nn.functional.cross_entropy(model(xn), y)
-            rec = nn.functional.l1_loss(model.autoencoder(xn), x)  # type: ignore[operator]
-            return ce + w * rec
+            fn, rec = model.features_and_reconstruction(xn)  # type: ignore[operator]
+            out = nn.functional.cross_entropy(model.head(fn), y) + w * nn.functional.l1_loss(rec, x)  # type: ignore[operator]
+            if wf > 0:
+                out = out + wf * nn.functional.mse_loss(fn, model.features(x))  # type: ignore[operator]
+            return out
 
         return loss
 
     def spec(self) -> dict[str, Any]:
-        return {**super().spec(), "noise_std": self.noise_std, "rec_weight": self.rec_weight}
+        return {**super().spec(), "noise_std": self.noise_std, "rec_weight": self.rec_weight,
+                "feature_weight": self.feature_weight}
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> Denoiser:
         from medsec.defences.nets import build_network
 
-        return cls(build_network(spec["classifier"]), spec["noise_std"], spec["rec_weight"])
+        # checkpoints written before the feature-invariance term was added trained without it
+        return cls(build_network(spec["classifier"]), spec["noise_std"], spec["rec_weight"],
+                   spec.get("feature_weight", 0.0))

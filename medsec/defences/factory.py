@@ -68,8 +68,8 @@ def _build(cfg: ExperimentConfig, name: str, victim: Victim, seed: int) -> Defen
                               crafter=victim.model if e.adv_source == "victim" else None)
     if name == "denoiser":
         d = dc.denoiser
-        return Denoiser.build(noise_std=d.noise_std, rec_weight=d.rec_weight, arch=meta["arch"],
-                              ae_width=d.ae_width, **net_args)
+        return Denoiser.build(noise_std=d.noise_std, rec_weight=d.rec_weight, feature_weight=d.feature_weight,
+                              arch=meta["arch"], ae_width=d.ae_width, **net_args)
     if name == "rbf":
         return RBF.build(per=dc.rbf.per, **net_args)
     raise MedsecError(f"unknown defence {name!r}; available: {', '.join(DEFENCE_NAMES)}")

@@ -250,6 +250,31 @@ def test_trained_defences_save_and_load(toy, tmp_path):
     assert len(rbf.rbf_layers) == 4
 
 
+def test_denoiser_training_loss_has_xue_terms_and_old_checkpoints_load_without_invariance(toy):
+    """The training loss is CE on the noised image + L1 reconstruction + feature invariance; with noise 0
+    the invariance term is 0 and the reconstruction term is the auto-encoder's L1 error on the clean image."""
+    torch.manual_seed(0)
+    den = Denoiser.build(noise_std=0.0, rec_weight=2.0, feature_weight=5.0, arch="resnet20", task="classification",
+                         in_channels=1, num_outputs=2, width=0.25, depth=0.34, ae_width=4).eval()
+    x, y = toy.test.images()[:4], toy.test.target_tensor()[:4]
+    clf = den.classifier
+    f, rec = clf.features_and_reconstruction(x)
+    torch.testing.assert_close(f, clf.features(x))
+    torch.testing.assert_close(rec, den.denoiser(x))
+    expected = torch.nn.functional.cross_entropy(clf.head(f), y) + 2.0 * torch.nn.functional.l1_loss(rec, x)
+    torch.testing.assert_close(den._extra_loss()(clf, x, y), expected)
+    noisy = Denoiser(clf, noise_std=0.3, rec_weight=0.0, feature_weight=1.0)
+    torch.manual_seed(1)
+    with_inv = noisy._extra_loss()(clf, x, y)
+    torch.manual_seed(1)
+    without = Denoiser(clf, noise_std=0.3, rec_weight=0.0, feature_weight=0.0)._extra_loss()(clf, x, y)
+    assert float(with_inv.detach()) > float(without.detach())  # noised features differ from the clean ones
+    spec = den.spec()
+    assert spec["feature_weight"] == 5.0
+    spec.pop("feature_weight")
+    assert Denoiser.from_spec(spec).feature_weight == 0.0  # trained before the term existed
+
+
 def test_rbf_unet_segments_and_round_trips(tmp_path):
     data = _seg_data()
     rbf = RBF.build(task="segmentation", in_channels=1, num_outputs=2, width=0.125, depth=0.5).fit(data, TINY)
