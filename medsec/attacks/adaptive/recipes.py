@@ -35,6 +35,7 @@ from medsec.attacks.adaptive.strategies import (
     class_mean_term,
     detector_term,
     feature_distance_term,
+    fooled,
     gaussian_scale,
     patient_attacks,
     quality,
@@ -99,7 +100,7 @@ def _finish(res: AttackResult, defence: nn.Module, y: Tensor, task: str, finding
         q = judge(defence, res.x_adv, y, task, finding)
     info = dict(res.info)
     info["quality"] = q
-    return AttackResult(res.x_adv, q < 1.0, info)
+    return AttackResult(res.x_adv, fooled(q, task), info)
 
 
 class MGMRecipe(Recipe):

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from medsec.attacks.apgd import APGD
-from medsec.attacks.core import Attack, AttackResult, CompositeAttack, SuccessFn, check_eps
+from medsec.attacks.core import DICE_SUCCESS, Attack, AttackResult, CompositeAttack, SuccessFn, check_eps
 from medsec.attacks.engine import MIM, PGD, GradientAttack, mean_of_signs
 from medsec.attacks.losses import ExtraTerm, Loss, Schedule
 from medsec.defences.base import rejected
@@ -201,17 +201,29 @@ def quality(defence: Any, x_adv: Tensor, y: Tensor, task: str, finding: Tensor |
     return system_quality(z, y, task, rejected(defence, x_adv), finding)
 
 
+def fooled(q: Tensor, task: str) -> Tensor:
+    """(N,) bool: a :func:`quality` value that means the attack reached its goal (below 1: fooled and let
+    through; for segmentation a Dice at most DICE_SUCCESS, where the attacks stop on an image)."""
+    return q <= DICE_SUCCESS if task == "segmentation" else q < 1.0
+
+
 class BestOf(CompositeAttack):
     """Strategy 4 (and AutoAttack's diversity): run several attacks (each with its own restarts) and keep,
     per sample, the candidate with the lowest `objective(x_adv, y)` (default: :func:`quality` on the model
     given at call time). The clean input is a candidate too, so the result is never worse than no attack.
-    ``info['chosen']`` names the attack that produced each returned sample."""
+    ``info['chosen']`` names the attack that produced each returned sample.
+
+    only_unbroken (default: True with the default objective): as AutoAttack runs its attacks, each attack
+    after the first sees only the images no earlier one has fooled (:func:`fooled`); the attacks stop on an
+    image once it is fooled anyway. With a custom objective (e.g. a detector's score breaking ties among fooled
+    images) every attack sees every image unless only_unbroken=True is asked for."""
 
     name = "best-of"
 
     def __init__(self, attacks: Sequence[tuple[str, Attack]] | Sequence[Attack], objective: Objective | None = None,
-                 task: str = "classification", **kw: Any) -> None:
+                 task: str = "classification", only_unbroken: bool | None = None, **kw: Any) -> None:
         super().__init__(**kw)
+        self.only_unbroken = objective is None if only_unbroken is None else bool(only_unbroken)
         pairs: list[tuple[str, Attack]] = []
         for i, a in enumerate(attacks):
             if isinstance(a, tuple):
@@ -235,15 +247,31 @@ class BestOf(CompositeAttack):
         best_q = obj(best_x, y).float()
         chosen = ["clean"] * x.shape[0]
         for name, atk in self.pairs:
-            cand = atk(model, x, y)  # BestOf judges the candidate itself: no separate success check
-            q = obj(cand, y).float()
-            better = q < best_q
+            idx = (~fooled(best_q, self.task_name)).nonzero().squeeze(1) if self.only_unbroken else None
+            if idx is not None and idx.numel() == 0:
+                break
+            if idx is None or idx.numel() == x.shape[0]:
+                idx = torch.arange(x.shape[0], device=x.device)
+            cand = atk(model, x[idx], y[idx])  # BestOf judges the candidate itself: no separate success check
+            q = obj(cand, y[idx]).float() if self.objective is None else _judge_rows(obj, cand, x, y, idx)
+            better = q < best_q[idx]
             if bool(better.any()):
-                best_x[better] = cand[better]
-                best_q = torch.where(better, q, best_q)
-                for i in better.nonzero().squeeze(1).tolist():
+                rows = idx[better]
+                best_x[rows] = cand[better]
+                best_q[rows] = q[better]
+                for i in rows.tolist():
                     chosen[i] = name
-        return AttackResult(best_x, best_q < 1.0, {"chosen": chosen, "quality": best_q})
+        return AttackResult(best_x, fooled(best_q, self.task_name), {"chosen": chosen, "quality": best_q})
+
+
+def _judge_rows(obj: Objective, cand: Tensor, x: Tensor, y: Tensor, idx: Tensor) -> Tensor:
+    """A custom objective judges whole batches (it may close over per-image state such as the true labels or
+    the attacked finding): the candidate rows are placed into the clean batch and their values read back."""
+    if idx.numel() == x.shape[0]:
+        return obj(cand, y).float()
+    full = x.clone()
+    full[idx] = cand
+    return obj(full, y).float()[idx]
 
 
 class SurrogateTransfer(CompositeAttack):
