@@ -128,10 +128,11 @@ def transfer(a: argparse.Namespace) -> int:
     alphas["both"] = alphas["default"] + alphas["eps10"]
     for sname, sur in sets.items():
         ens = LogitEnsemble(sur).eval()
-        if "medsec" in a.only:
-            report(f"medsec DenoiserRecipe (profile budget: {rc.steps} steps, {rc.restarts} restart)", sname,
-                   lambda sur=sur: DenoiserRecipe(eps, surrogates=sur, steps=rc.steps, restarts=rc.restarts,
-                                                  seed=0)(defence, x, y))
+        for ts in (a.transfer_steps or [rc.transfer_steps]) if "medsec" in a.only else []:
+            tlabel = "" if ts is None else f"; MI-DI(-TI) candidates {ts} steps"
+            report(f"medsec DenoiserRecipe (profile budget: {rc.steps} steps, {rc.restarts} restart{tlabel})", sname,
+                   lambda sur=sur, ts=ts: DenoiserRecipe(eps, surrogates=sur, steps=rc.steps, restarts=rc.restarts,
+                                                         transfer_steps=ts, seed=0)(defence, x, y))
         for alpha, label in alphas[a.alphas] if "torchattacks" in a.only else []:
             def ta_fn(alpha: float = alpha, ens: nn.Module = ens) -> Tensor:
                 torch.manual_seed(0)
@@ -166,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="transfer: surrogate sets (all: the denoiser copies and the plain surrogate)")
     ap.add_argument("--alphas", choices=("default", "eps10", "both"), default="both",
                     help="transfer: torchattacks' step sizes (its default 2/255, and eps/10)")
+    ap.add_argument("--transfer-steps", type=int, nargs="*", default=None,
+                    help="transfer: the recipe's MI-DI(-TI) step counts to compare (default: the recipe's)")
     ap.add_argument("--only", default="medsec,torchattacks,previous",
                     help="transfer: which contenders (comma-separated: medsec, torchattacks, previous)")
     a = ap.parse_args(argv)

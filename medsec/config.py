@@ -167,6 +167,8 @@ class ReproduceConfig(_Strict):
     floor_tol: float = Field(2.0, gt=0)  # this many rounds, until the floor moves by less than floor_tol points
     # rounds of the adaptive attack's escalation (medsec.studies.floor.converge); None: floor_rounds
     adaptive_rounds: int | None = Field(None, ge=1)
+    # iterations of the limited-knowledge recipe's MI-DI(-TI) candidates; None: the recipe's max(steps, 100)
+    transfer_steps: int | None = Field(None, gt=0)
     # per row id, config overrides (nested like this file) for that row's victim, defence and attacks, e.g.
     # {gmm-rsna: {data: {image_size: 224}}}: a row whose data must be seen at its paper's resolution
     row_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)

@@ -220,6 +220,8 @@ def recipe_options(run: RowRun, steps: int) -> dict[str, Any]:
             get_defence(defence_config(cfg), run.row.defence, run.row.dataset, seed=cfg.seed + 100 + i,
                         victim=run.victim).defence.exposed()["classifier"] for i in range(rc.surrogates)]
         opts["surrogates"] += [run.surrogate] if run.surrogate is not None else []
+        if rc.transfer_steps is not None:
+            opts["transfer_steps"] = rc.transfer_steps
     return opts
 
 

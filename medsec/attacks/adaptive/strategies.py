@@ -29,6 +29,7 @@ from medsec.attacks.apgd import APGD
 from medsec.attacks.core import DICE_SUCCESS, Attack, AttackResult, CompositeAttack, SuccessFn, check_eps
 from medsec.attacks.engine import MIM, PGD, GradientAttack, mean_of_signs
 from medsec.attacks.losses import ExtraTerm, Loss, Schedule
+from medsec.attacks.transfer import InputDiversity
 from medsec.defences.base import rejected
 from medsec.errors import MedsecError
 from medsec.metrics import dice_per_sample, seg_prediction
@@ -281,14 +282,26 @@ class SurrogateTransfer(CompositeAttack):
     image the candidate that is most effective ON THE SURROGATES (highest mean surrogate loss among those
     fooling the most surrogates). The victim is never queried while crafting; it only judges the result.
     ``candidates``: further attacks, built with ``grad_model=`` the surrogates (e.g.
-    :func:`medsec.attacks.transfer.transfer_attack`), run and judged on the surrogates like the rest."""
+    :func:`medsec.attacks.transfer.transfer_attack`), run and judged on the surrogates like the rest.
+
+    selection_views: effectiveness is averaged over the candidate as it is and this many randomly resized and
+    padded copies of it (input diversity with p = 1, the same draws for every candidate): an example that
+    keeps fooling the surrogates under such transformations transfers better than one that fools them only
+    as it is (Xie et al. 2019's rationale). With the plain images alone (0), candidates fooling the same
+    surrogates were told apart by their loss alone, which prefers the ones most fitted to the surrogates:
+    on the quick Denoiser row one image that three of the five candidates carried to the victim was left
+    unbroken (1.6 % against MI-DI-FGSM's 0.0; with 4 views 0.0)."""
 
     name = "surrogate-transfer"
 
     def __init__(self, surrogates: Sequence[nn.Module], eps: float, steps: int = 20, restarts: int = 3,
-                 loss: str | Loss = "ce", candidates: Sequence[Attack] = (), **kw: Any) -> None:
+                 loss: str | Loss = "ce", candidates: Sequence[Attack] = (), selection_views: int = 4,
+                 **kw: Any) -> None:
         if not surrogates:
             raise MedsecError("SurrogateTransfer needs at least one surrogate model")
+        if int(selection_views) < 0:
+            raise MedsecError(f"selection_views must be >= 0, got {selection_views}")
+        self.selection_views = int(selection_views)
         super().__init__(grad_model=list(surrogates), **kw)  # guarded with the model under attack
         self.extra_attacks = list(candidates)
         self.surrogates = list(surrogates)
@@ -324,10 +337,20 @@ class SurrogateTransfer(CompositeAttack):
         k = len(self.surrogates)
         return fooled / k * 1e3 + loss / k  # fooling more surrogates first, then a higher loss
 
+    def _selection_effectiveness(self, x_adv: Tensor, y: Tensor) -> Tensor:
+        """Effectiveness on the surrogates averaged over x_adv and `selection_views` diversified copies (the same
+        seeded draws for every candidate); classification labels only."""
+        total = self._effectiveness(x_adv, y)
+        views = self.selection_views if y.ndim == 1 else 0  # class labels (a mask would have to move too)
+        gen = torch.Generator(device=x_adv.device).manual_seed(0 if self.seed is None else int(self.seed))
+        for _ in range(views):
+            total = total + self._effectiveness(InputDiversity(p=1.0)(x_adv, gen), y)
+        return total / (1 + views)
+
     def _compose(self, model: nn.Module, x: Tensor, y: Tensor) -> AttackResult:
         best_x, best_e = x.detach().clone(), torch.full((x.shape[0],), -math.inf, device=x.device)
         for cand in self._candidates(x, y):
-            e = self._effectiveness(cand, y)
+            e = self._selection_effectiveness(cand, y)
             better = e > best_e
             best_x[better] = cand[better]
             best_e = torch.where(better, e, best_e)

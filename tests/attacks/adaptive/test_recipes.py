@@ -181,3 +181,22 @@ def test_denoiser_recipe_with_transfer_techniques_selects_on_the_surrogates_only
         target, x, y), y)
     assert _handled(target, res.x_adv, y) <= plain + 1e-9  # more candidates, judged on the surrogates
     assert "momentum, input diversity, translation invariance" in recipe.describe()
+
+
+def test_surrogate_selection_averages_over_the_same_diversified_views_for_every_candidate(toy_data, denoisers):
+    from medsec.attacks.adaptive.strategies import SurrogateTransfer
+    from medsec.attacks.transfer import InputDiversity
+
+    x, y = toy_data.test.images()[:16], toy_data.test.target_tensor()[:16]
+    sur = [denoisers[s].classifier for s in (11, 12)]
+    xa = (x + 0.1 * torch.randn_like(x)).clamp(0, 1)
+    plain = SurrogateTransfer(sur, 0.1, selection_views=0, seed=3)
+    assert torch.equal(plain._selection_effectiveness(xa, y), plain._effectiveness(xa, y))
+    st = SurrogateTransfer(sur, 0.1, selection_views=3, seed=3)
+    gen = torch.Generator().manual_seed(3)
+    views = [xa] + [InputDiversity(p=1.0)(xa, gen) for _ in range(3)]
+    expected = sum(st._effectiveness(v, y) for v in views) / 4
+    torch.testing.assert_close(st._selection_effectiveness(xa, y), expected)
+    torch.testing.assert_close(st._selection_effectiveness(xa, y), st._selection_effectiveness(xa, y))
+    with pytest.raises(MedsecError, match="selection_views"):
+        SurrogateTransfer(sur, 0.1, selection_views=-1)
