@@ -11,7 +11,9 @@ holds against that attack; the adaptive attack breaks the defence. Each part is 
 The verdict only blames the victim ("resists this eps") when the floor (the converged strongest attack on the
 undefended victim, see ``floor.py``) stays above the bound the adaptive attack is held to: then no attack on
 the defended system could get there either. Otherwise an unbroken defence *holds* at this budget, and the
-verdict says by how much it stays above the floor.
+verdict says by how much it stays above the floor. A defence the adaptive attack takes to the paper's level is
+broken even when the 20-point drop is missing because it held only a little against the original attack; the
+verdict says so, and the pattern's third part stays "no".
 """
 
 from __future__ import annotations
@@ -69,8 +71,13 @@ def paper_pattern(r: Mapping[str, Any]) -> dict[str, Any]:
 def verdict(r: Mapping[str, Any]) -> str:
     """What the row says about its defence, from its numbers (see the module docstring)."""
     pat = r.get("pattern") or paper_pattern(r)
-    if pat["parts"]["adaptive_breaks"]["ok"]:
+    ab = pat["parts"]["adaptive_breaks"]
+    if ab["ok"]:
         return "broken"
+    if ab["value"] <= ab["at_most"]:  # down to the paper's level, but the defence never held 20 points to lose
+        gain = pat["parts"]["defence_holds"]["gain"]
+        return (f"broken (the adaptive attack reaches the paper's level; the defence held only {gain:+.1f} points "
+                "against the original attack)")
     bound = adaptive_bound(r)
     floor = r.get("floor")
     if isinstance(floor, Mapping) and floor.get("converged") and float(floor["value"]) > bound:

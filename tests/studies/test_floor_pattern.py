@@ -71,6 +71,11 @@ def test_pattern_parts_and_verdicts() -> None:
     assert verdict(r2).startswith("victim resists")
     r3 = _row(adaptive=60.0, floor={"value": 40.0, "converged": False})
     assert verdict(r3).startswith("defence holds") and not paper_pattern(r3)["checks"]["floor_converged"]
+    # taken to the paper's level, but the defence held only 12.5 against the original attack: broken, no drop
+    r6 = _row(no_def=0.0, with_def=12.5, adaptive=0.0, paper=(85.5, 30.1, 43.2, 3.0),
+              floor={"value": 0.0, "converged": True})
+    assert not paper_pattern(r6)["parts"]["adaptive_breaks"]["ok"]
+    assert verdict(r6).startswith("broken (") and "+12.5" in verdict(r6)
     r4 = _row(adaptive=60.0, floor={"value": 10.0, "converged": True})
     assert verdict(r4) == "defence holds at this budget (+50.0 points above the floor)"
     # a defence that did not hold in the paper need not hold here; the adaptive drop is then not required
