@@ -248,11 +248,10 @@ class BestOf(CompositeAttack):
         best_q = obj(best_x, y).float()
         chosen = ["clean"] * x.shape[0]
         for name, atk in self.pairs:
-            idx = (~fooled(best_q, self.task_name)).nonzero().squeeze(1) if self.only_unbroken else None
-            if idx is not None and idx.numel() == 0:
+            todo = ~fooled(best_q, self.task_name) if self.only_unbroken else torch.ones_like(best_q, dtype=torch.bool)
+            if not bool(todo.any()):
                 break
-            if idx is None or idx.numel() == x.shape[0]:
-                idx = torch.arange(x.shape[0], device=x.device)
+            idx = todo.nonzero().squeeze(1)
             cand = atk(model, x[idx], y[idx])  # BestOf judges the candidate itself: no separate success check
             q = obj(cand, y[idx]).float() if self.objective is None else _judge_rows(obj, cand, x, y, idx)
             better = q < best_q[idx]
@@ -343,8 +342,9 @@ class SurrogateTransfer(CompositeAttack):
         total = self._effectiveness(x_adv, y)
         views = self.selection_views if y.ndim == 1 else 0  # class labels (a mask would have to move too)
         gen = torch.Generator(device=x_adv.device).manual_seed(0 if self.seed is None else int(self.seed))
+        view = InputDiversity(p=1.0)
         for _ in range(views):
-            total = total + self._effectiveness(InputDiversity(p=1.0)(x_adv, gen), y)
+            total = total + self._effectiveness(view(x_adv, gen), y)
         return total / (1 + views)
 
     def _compose(self, model: nn.Module, x: Tensor, y: Tensor) -> AttackResult:
