@@ -62,9 +62,7 @@ class KernelizedManifoldMapping(nn.Module):
 
     def distance(self, x: torch.Tensor) -> torch.Tensor:
         """h (B, C, H, W): the Mahalanobis-like distance of each feature value to its channel's centers."""
-        a, m, k = self._coefficients()
-        q = a * x * x - m.view(1, -1, 1, 1) * x + k.view(1, -1, 1, 1)
-        return torch.sqrt(q.clamp_min(_Q_MIN))
+        return torch.sqrt(_quadratic(x, *self._coefficients()).clamp_min(_Q_MIN))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] != self.channels:
@@ -78,17 +76,20 @@ class KernelizedManifoldMapping(nn.Module):
 _Q_MIN = 1e-12
 
 
+def _quadratic(x: torch.Tensor, a: torch.Tensor, m: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """q = A x^2 - M_j x + K_j per channel, computed as K + x (A x - M)."""
+    return torch.addcmul(k.view(1, -1, 1, 1), x, a * x - m.view(1, -1, 1, 1))
+
+
 class _Kernel(torch.autograd.Function):
-    """g = exp(-beta_j * sqrt(max(A x^2 - M_j x + K_j, 1e-12))) in one pass, keeping only x, sqrt(q) and g
-    for the backward pass (which recomputes q for the clamp's mask) (autograd of the plain expression keeps a tensor per operation: the mapping was a
-    third of the RBF U-Net's forward and backward time)."""
+    """g = exp(-beta_j * sqrt(max(A x^2 - M_j x + K_j, 1e-12))) in one pass. Autograd of the plain expression
+    keeps a tensor per operation (the mapping was a third of the RBF U-Net's forward and backward time); this
+    keeps x, sqrt(q) and g, and the backward pass recomputes q for the clamp's mask."""
 
     @staticmethod
     def forward(ctx, x, a, m, k, beta):  # type: ignore[no-untyped-def, override]
-        mv, kv, bv = m.view(1, -1, 1, 1), k.view(1, -1, 1, 1), beta.view(1, -1, 1, 1)
-        q = torch.addcmul(kv, x, a * x - mv)  # K + x (A x - M)
-        h = q.clamp_min_(_Q_MIN).sqrt_()
-        g = torch.exp(h * -bv)
+        h = _quadratic(x, a, m, k).clamp_min_(_Q_MIN).sqrt_()
+        g = torch.exp(h * -beta.view(1, -1, 1, 1))
         ctx.save_for_backward(x, h, g, a, m, k, beta)
         return g
 
@@ -97,11 +98,10 @@ class _Kernel(torch.autograd.Function):
         x, h, g, a, m, k, beta = ctx.saved_tensors
         bv = beta.view(1, -1, 1, 1)
         dgg = dg * g  # dL/dh = -beta * dg * g
-        # dL/dq = dL/dh / (2 h) where q was above the clamp (h > sqrt(Q_MIN)), else 0
-        mv = m.view(1, -1, 1, 1)
-        above = torch.addcmul(k.view(1, -1, 1, 1), x, a * x - mv) > _Q_MIN
+        # dL/dq = dL/dh / (2 h) where q was above the clamp, else 0
+        above = _quadratic(x, a, m, k) > _Q_MIN
         dq = torch.where(above, dgg * (-0.5 * bv) / h, torch.zeros_like(h))
-        dx = dq * (2 * a * x - mv) if ctx.needs_input_grad[0] else None
+        dx = dq * (2 * a * x - m.view(1, -1, 1, 1)) if ctx.needs_input_grad[0] else None
         da = (dq * x * x).sum() if ctx.needs_input_grad[1] else None
         dm = -(dq * x).sum((0, 2, 3)) if ctx.needs_input_grad[2] else None
         dk = dq.sum((0, 2, 3)) if ctx.needs_input_grad[3] else None

@@ -331,7 +331,7 @@ def curves_stage(run: RowRun, t1: dict[str, Any], opts: dict[str, Any]) -> dict[
     nc = min(rc.n_curve, run.x.shape[0])
     xc, yc = run.x[:nc], run.y[:nc]
     short = {"steps": curve_steps(rc.steps)}
-    if opts.get("surrogates"):  # the transfer attacks' own longer budget, shortened in the same proportion
+    if opts.get("surrogates"):  # the transfer attacks need more, smaller steps: three times the curve's budget
         short["transfer_steps"] = 3 * short["steps"]
     for m in rc.curve_multipliers:
         e = min(1.0, row.eps * float(m))
