@@ -2,10 +2,31 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import platform
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
+
+# What does not change a study's numbers: how results are written up and how commands are parsed.
+_PRESENTATION = ("report", "cli")
+
+
+@functools.cache
+def source_digest() -> str:
+    """Digest of the medsec source that computes results (every module but the report writers and the
+    command line). Study cells carry it in their keys, so cells computed by other code are recomputed, not
+    reused; the victim and defence caches are keyed by their data format instead (training is minutes)."""
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root)
+        if rel.parts[0] in _PRESENTATION:
+            continue
+        h.update(rel.as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:12]
 
 
 def run_provenance(config_yaml: str, device: str, started: datetime, seconds: float,
@@ -18,7 +39,7 @@ def run_provenance(config_yaml: str, device: str, started: datetime, seconds: fl
     import medsec
 
     return {
-        "medsec": medsec.__version__, "python": sys.version.split()[0], "torch": torch.__version__,
+        "medsec": medsec.__version__, "medsec_source": source_digest(), "python": sys.version.split()[0], "torch": torch.__version__,
         "monai": monai.__version__, "numpy": numpy.__version__, "platform": platform.platform(),
         "device": device, "cpu_threads": torch.get_num_threads(), "seeds": seeds or {},
         "started_utc": started.astimezone(UTC).isoformat(timespec="seconds"), "seconds": round(seconds, 1),

@@ -65,8 +65,11 @@ def provenance(cfg: ExperimentConfig, out: StudyOutput, seeds: dict[str, int]) -
 
 
 def config_digest(cfg: ExperimentConfig, *ignore: str) -> str:
-    """The digest of everything in `cfg` that changes a study's numbers: not the profile name, cache folder,
-    device, nor the sections named in `ignore` (dotted, e.g. "reproduce.rows")."""
+    """The digest of everything that changes a study's numbers: `cfg` (not the profile name, cache folder,
+    device, nor the sections named in `ignore`, dotted, e.g. "reproduce.rows") and medsec's source
+    (:func:`medsec.provenance.source_digest`: cells computed by another version are not reused)."""
+    from medsec.provenance import source_digest
+
     d = cfg.model_dump(mode="json")
     for k in ("profile", "cache_dir", "device"):
         d.pop(k, None)
@@ -76,6 +79,7 @@ def config_digest(cfg: ExperimentConfig, *ignore: str) -> str:
             d.get(section, {}).pop(key, None)
         else:
             d.pop(section, None)
+    d["medsec_source"] = source_digest()
     return digest(d)
 
 

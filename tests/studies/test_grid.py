@@ -1,6 +1,7 @@
 """The grid runner: resume, atomic results, dependency order, failures reported after the rest finished."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -75,3 +76,35 @@ def test_bad_grids_are_refused(tmp_path):
     with pytest.raises(MedsecError, match="cycle"):
         run_grid([Cell("a", square, {"n": 1}, after=("b",)), Cell("b", square, {"n": 1}, after=("a",))],
                  store, title="t")
+
+
+def test_cell_digests_change_with_the_source_that_computes_results(tmp_path, monkeypatch):
+    """A study's cells are keyed by medsec's source too: a cell written by other code is not reused; the
+    report writers and the command line do not count."""
+    import shutil
+
+    import medsec
+    import medsec.provenance as prov
+    from medsec.config import load_config
+    from medsec.studies.common import config_digest
+
+    cfg = load_config("quick")
+    root = Path(medsec.__file__).resolve().parent
+    copy = tmp_path / "medsec"
+    shutil.copytree(root, copy, ignore=shutil.ignore_patterns("__pycache__"))
+
+    def digest_of(tree: Path) -> tuple[str, str]:
+        monkeypatch.setattr(prov, "__file__", str(tree / "provenance.py"))
+        prov.source_digest.cache_clear()
+        try:
+            return prov.source_digest(), config_digest(cfg)
+        finally:
+            prov.source_digest.cache_clear()
+
+    same = digest_of(copy)
+    assert same == digest_of(root)  # the digest is of the content, not of where it lies
+    (copy / "report" / "levy.py").write_text((copy / "report" / "levy.py").read_text() + "\n# wording\n")
+    assert digest_of(copy) == same
+    (copy / "attacks" / "apgd.py").write_text((copy / "attacks" / "apgd.py").read_text() + "\n# changed\n")
+    changed = digest_of(copy)
+    assert changed[0] != same[0] and changed[1] != same[1]
