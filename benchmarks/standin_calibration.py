@@ -14,6 +14,15 @@ Targets per row: clean >= paper clean - 15; original attack without defence <= p
 
 --retrain trains every victim a second time in a fresh cache folder and prints both, to check that the same
 seed gives the same numbers.
+
+--rsna-rendering '{"marking_gain": 0.0, ...}' draws the rsna phantom with other `chest.Rendering` values
+(docs/synthetic.md); the victims then train in a fresh cache folder, since the data cache does not key on it.
+
+--toy TEXTURE,CONTRAST,SD_PX trains the quick ResNet-18 (width x0.25, depth x0.5, 8 epochs, 1200 images,
+Adam 0.002) on two-class 64 px images of 1/f texture (std TEXTURE) where the positive class adds one faint
+Gaussian opacity (peak CONTRAST, std SD_PX pixels, placed at random in the central half) and prints clean
+accuracy and accuracy under FGSM and PGD-10 at eps 0.002 on 256 test images: the phantom without anatomy,
+to see how faint and diffuse evidence must be for a victim to fall at half a grey level.
 """
 
 from __future__ import annotations
@@ -85,6 +94,44 @@ def measure_row(cfg: Any, row: Any) -> dict[str, Any]:
             "attack_s": round(t_attack, 1), "cached": victim.from_cache}
 
 
+def toy(texture: float, contrast: float, sd_px: float, seed: int, eps: float = 0.002) -> dict[str, Any]:
+    """Clean / FGSM / PGD-10 accuracy of the quick ResNet-18 on texture + faint opacity images (--toy)."""
+    import numpy as np
+
+    from medsec.attacks.engine import FGSM, PGD
+    from medsec.data.synthetic._common import powerlaw_noise
+    from medsec.models.networks import build_model
+
+    def draw(n: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        y = rng.integers(0, 2, n)
+        img = 0.5 + texture * powerlaw_noise(rng, n, 64)
+        yy, xx = np.mgrid[0:64, 0:64]
+        cy, cx = (rng.uniform(16, 48, (n, 1, 1)) for _ in range(2))
+        img = img + contrast * y[:, None, None] * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * sd_px**2))
+        return torch.tensor(np.clip(img, 0, 1), dtype=torch.float32)[:, None], torch.tensor(y)
+
+    rng = np.random.default_rng(seed)
+    (xtr, ytr), (xte, yte) = draw(1200, rng), draw(256, rng)
+    torch.manual_seed(seed)
+    model = build_model("resnet18", in_channels=1, num_outputs=2, task="classification", width=0.25, depth=0.5)
+    opt = torch.optim.Adam(model.parameters(), lr=0.002, weight_decay=1e-4)
+    for _ in range(8):
+        model.train()
+        for idx in torch.randperm(len(xtr)).split(64):
+            loss = torch.nn.functional.cross_entropy(model(xtr[idx]), ytr[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+
+    def acc(x: torch.Tensor) -> float:
+        with torch.no_grad():
+            return round(100 * float((model(x).argmax(1) == yte).float().mean()), 1)
+
+    return {"texture": texture, "contrast": contrast, "sd_px": sd_px, "seed": seed, "clean": acc(xte),
+            "fgsm": acc(FGSM(eps=eps)(model, xte, yte)), "pgd10": acc(PGD(eps=eps, steps=10)(model, xte, yte))}
+
+
 def main() -> None:
     from medsec.config import load_config
     from medsec.studies.levy import ROWS
@@ -97,8 +144,21 @@ def main() -> None:
     ap.add_argument("--retrain", action="store_true", help="train each victim twice (fresh caches) and compare")
     ap.add_argument("--json", default="", help="also write the rows to this file")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (results can depend on it)")
+    ap.add_argument("--rsna-rendering", default="", help="JSON of chest.Rendering fields for the rsna phantom")
+    ap.add_argument("--toy", default="", help="TEXTURE,CONTRAST,SD_PX: the texture + opacity toy instead of rows")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.toy:
+        texture, contrast, sd_px = (float(v) for v in args.toy.split(","))
+        for seed in (int(s) for s in args.seeds.split(",")):
+            print(json.dumps(toy(texture, contrast, sd_px, seed)), flush=True)
+        return
+    fresh_cache = None
+    if args.rsna_rendering:
+        import medsec.data.synthetic.chest as chest
+
+        chest.RSNA_RENDERING = chest.Rendering(**json.loads(args.rsna_rendering))
+        fresh_cache = tempfile.mkdtemp(prefix="medsec-rendering-")
     rows = [r for r in ROWS if not args.rows or r.id in args.rows.split(",")]
     over = _nested(args.set)
     out = []
@@ -107,8 +167,8 @@ def main() -> None:
         for r in rows:
             for cache in runs:
                 o = _merge({"seed": seed, "device": "cpu"}, over)
-                if cache:
-                    o["cache_dir"] = cache
+                if cache or fresh_cache:
+                    o["cache_dir"] = cache or fresh_cache
                 cfg = load_config(args.profile, o)
                 res = {"seed": seed, "run": 2 if cache else 1, **measure_row(cfg, r)}
                 out.append(res)
