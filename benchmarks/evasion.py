@@ -58,7 +58,7 @@ def detectors(a: argparse.Namespace) -> int:
 
 def detector_row(a: argparse.Namespace, row_id: str) -> None:
     """One detector row's table."""
-    run = row_setup(a.profile, row_id, a.n)
+    run = row_setup(a.profile, row_id, a.n, a.seed)
     row, defence, x, y, task, finding = run.row, run.defence, run.x, run.y, run.task, run.finding
     thr = float(defence.threshold)
     s_clean = suspicion(defence, x).numpy()
@@ -102,7 +102,7 @@ def _accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
 
 def transfer(a: argparse.Namespace) -> int:
     ta = torchattacks_or_exit()
-    run = row_setup(a.profile, "denoiser-rsna", a.n)
+    run = row_setup(a.profile, "denoiser-rsna", a.n, a.seed)
     row, defence, x, y, rc = run.row, run.defence, run.x, run.y, run.cfg.reproduce
     owned = [m.eval() for m in recipe_options(run, rc.steps)["surrogates"]]  # as medsec reproduce hands them over
     denoisers, plain = owned[:-1], owned[-1]
@@ -161,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", default="quick")
     ap.add_argument("--rows", default="mgm-chest14", help="detector rows, comma-separated (e.g. mgm-chest14,gmm-rsna)")
     ap.add_argument("--n", type=int, default=64, help="test images attacked")
+    ap.add_argument("--seed", type=int, default=0, help="the experiment seed (victims, defences, surrogates)")
     ap.add_argument("--steps", type=int, default=None, help="adaptive steps (default: the profile's)")
     ap.add_argument("--restarts", type=int, default=None, help="restarts (default: the profile's)")
     ap.add_argument("--sets", choices=("all", "denoisers", "both"), default="both",

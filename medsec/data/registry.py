@@ -17,7 +17,7 @@ from medsec.data.synthetic import GENERATORS
 from medsec.errors import DataError
 from medsec.paths import cache_root
 
-CACHE_FORMAT = 3  # bump whenever a synthetic generator changes: old cache entries are then not reused
+CACHE_FORMAT = 4  # bump whenever a synthetic generator changes: old cache entries are then not reused
 
 
 def _load_synthetic_modules() -> None:
