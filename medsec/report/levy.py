@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 
 from medsec.report.clean import clean_table
 from medsec.report.document import Report, markdown_table, provenance_markdown
@@ -150,6 +151,23 @@ def row_figures(c: dict[str, Any], out: Path, samples: str | None) -> str:
     return body
 
 
+def row_settings(config_yaml: str) -> dict[str, str]:
+    """Per row id, the row's own settings from the run's config (``reproduce.row_overrides``) as
+    "dotted.key=value" text, so a row whose data or victim differs from the others says so."""
+    try:
+        over = (yaml.safe_load(config_yaml) or {}).get("reproduce", {}).get("row_overrides") or {}
+    except yaml.YAMLError:
+        return {}
+
+    def flat(d: dict[str, Any], prefix: str = "") -> list[str]:
+        out: list[str] = []
+        for k, v in d.items():
+            out += flat(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}={v}"]
+        return out
+
+    return {row: ", ".join(flat(o)) for row, o in over.items() if isinstance(o, dict) and o}
+
+
 def levy_report(study: dict[str, Any], profile: str, out: Path) -> Report:
     """The whole report of a run_levy result (see the module docstring); figures are drawn into out/figures."""
     cells = study["cells"]
@@ -166,8 +184,12 @@ def levy_report(study: dict[str, Any], profile: str, out: Path) -> Report:
     t2 = table2(cells)
     if t2:
         rep.add("Table 2", t2)
+    settings = row_settings(study["provenance"].get("config", ""))
     for c in cells:
-        body = "\n".join(row_notes(c)) + "\n\n" + row_figures(c, out, study.get("samples", {}).get(c["id"]))
+        notes = row_notes(c)
+        if c["id"] in settings:
+            notes.insert(1, f"- this row's own settings (`reproduce.row_overrides`): {settings[c['id']]}")
+        body = "\n".join(notes) + "\n\n" + row_figures(c, out, study.get("samples", {}).get(c["id"]))
         rep.add(f"Row {c['id']}", body)
     if study.get("integrity"):
         rep.add("Signed DICOM against an attacker inside the PACS", study["integrity"])

@@ -134,3 +134,13 @@ def test_a_row_override_gives_that_row_its_own_victim_and_leaves_the_others(tmp_
     with pytest.raises(ConfigError, match="row_overrides.rbf-chest2"):
         rp.row_config(cfg.with_overrides({"reproduce": {"row_overrides": {"rbf-chest2": {"data": {"size": 1}}}}}),
                       rp.ROWS[3])
+
+
+def test_report_names_a_rows_own_settings():
+    from medsec.config import load_config
+    from medsec.report.levy import row_settings
+
+    settings = row_settings(load_config("quick").to_yaml())
+    assert settings["gmm-rsna"] == "victims.rsna.difficulty=1.0"
+    assert settings["mgm-chest14"] == "data.n_train=2000, reproduce.n_test=128"
+    assert "denoiser-rsna" not in settings and row_settings("reproduce: [") == {}
