@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
 from medsec.report.clean import clean_table
 from medsec.report.document import Report, markdown_table, provenance_markdown
@@ -151,13 +150,9 @@ def row_figures(c: dict[str, Any], out: Path, samples: str | None) -> str:
     return body
 
 
-def row_settings(config_yaml: str) -> dict[str, str]:
-    """Per row id, the row's own settings from the run's config (``reproduce.row_overrides``) as
-    "dotted.key=value" text, so a row whose data or victim differs from the others says so."""
-    try:
-        over = (yaml.safe_load(config_yaml) or {}).get("reproduce", {}).get("row_overrides") or {}
-    except yaml.YAMLError:
-        return {}
+def row_settings(row_overrides: dict[str, Any]) -> dict[str, str]:
+    """Per row id, the row's own settings (the run's ``reproduce.row_overrides``) as "dotted.key=value" text,
+    so a row whose data or victim differs from the others says so."""
 
     def flat(d: dict[str, Any], prefix: str = "") -> list[str]:
         out: list[str] = []
@@ -165,7 +160,7 @@ def row_settings(config_yaml: str) -> dict[str, str]:
             out += flat(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}={v}"]
         return out
 
-    return {row: ", ".join(flat(o)) for row, o in over.items() if isinstance(o, dict) and o}
+    return {row: ", ".join(flat(o)) for row, o in row_overrides.items() if o}
 
 
 def levy_report(study: dict[str, Any], profile: str, out: Path) -> Report:
@@ -184,7 +179,7 @@ def levy_report(study: dict[str, Any], profile: str, out: Path) -> Report:
     t2 = table2(cells)
     if t2:
         rep.add("Table 2", t2)
-    settings = row_settings(study["provenance"].get("config", ""))
+    settings = row_settings(study.get("row_overrides") or {})
     for c in cells:
         notes = row_notes(c)
         if c["id"] in settings:

@@ -481,5 +481,5 @@ def run_levy(cfg: ExperimentConfig, out_dir: str | Path, executor: Executor | No
     out.write_results({"rows": clean, "integrity": integrity[0] if integrity else None}, "clean_metrics.json")
     first_keys = {r.id: row_keys[r.id][seeds[0]] for r in selected_rows(cfg)}
     return {"cells": rows, "clean": clean, "integrity": integrity[1] if integrity else None, "provenance": prov,
-            "seeds": seeds, "samples": {rid: str(out.store.path(k).with_suffix(".samples.npz"))
+            "seeds": seeds, "row_overrides": cfg.reproduce.row_overrides, "samples": {rid: str(out.store.path(k).with_suffix(".samples.npz"))
                                         for rid, k in first_keys.items()}}

@@ -140,7 +140,7 @@ def test_report_names_a_rows_own_settings():
     from medsec.config import load_config
     from medsec.report.levy import row_settings
 
-    settings = row_settings(load_config("quick").to_yaml())
+    settings = row_settings(load_config("quick").reproduce.row_overrides)
     assert settings["gmm-rsna"] == "victims.rsna.difficulty=1.0"
     assert settings["mgm-chest14"] == "data.n_train=2000, reproduce.n_test=128"
-    assert "denoiser-rsna" not in settings and row_settings("reproduce: [") == {}
+    assert "denoiser-rsna" not in settings and row_settings({}) == {}
