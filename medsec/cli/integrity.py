@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 
+from medsec.cli.options import RequireTimestampOpt, TsaTrustOpt
 from medsec.integrity.errors import IntegrityError, UnreadableFileError
 
 if TYPE_CHECKING:
@@ -166,10 +167,8 @@ def verify(
     trust: Annotated[Path, typer.Option(help="Trusted certificate file or folder of certificates.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document instead of text.")] = False,
     audit_log: Annotated[Path | None, typer.Option(help="Append one JSON line per file to this log.")] = None,
-    require_timestamp: Annotated[bool, typer.Option("--require-timestamp", help="Refuse (exit 17) a file whose "
-                                 "accepted signature carries no valid certified timestamp.")] = False,
-    tsa_trust: Annotated[Path | None, typer.Option("--tsa-trust", help="Trusted timestamp authorities (certificate "
-                         "file or folder) for certified timestamps; default: --trust.")] = None,
+    require_timestamp: RequireTimestampOpt = False,
+    tsa_trust: TsaTrustOpt = None,
 ) -> None:
     """Verify signatures; exit 0 only if every file has a valid trusted signature covering Pixel Data
     and the SOP/Study/Series Instance UIDs (exit codes: see docs/integrity.md)."""
@@ -215,20 +214,27 @@ def infer(
     audit_log: Annotated[Path, typer.Option(help="JSON-lines audit log of the gate's verdicts.")] = Path(
         "medsec-audit.jsonl"),
     as_json: Annotated[bool, typer.Option("--json", help="Print results as JSON.")] = False,
+    require_timestamp: RequireTimestampOpt = False,
+    tsa_trust: TsaTrustOpt = None,
 ) -> None:
-    """Predict on DICOM files; with --require-signature only signed, untampered files reach the model."""
+    """Predict on DICOM files; with --require-signature only signed, untampered files reach the model
+    (with --require-timestamp only those whose signature also carries a valid certified timestamp)."""
     from medsec.errors import MedsecError
     from medsec.integrity.gate import Gate, RefusedError
     from medsec.integrity.infer import infer_file
 
     if require_signature and trust is None:
         raise typer.BadParameter("--require-signature needs --trust CERT_OR_DIR", param_hint="--trust")
+    if (require_timestamp or tsa_trust is not None) and not require_signature:
+        raise typer.BadParameter("--require-timestamp and --tsa-trust act on the signature gate: add "
+                                 "--require-signature --trust CERT_OR_DIR", param_hint="--require-signature")
     try:
         from medsec.models import load_checkpoint  # type: ignore[attr-defined,import-not-found,unused-ignore]
     except ImportError as e:
         raise MedsecError(f"medsec.models is not available in this installation ({e})") from e
     try:
-        gate = Gate(trust, audit_log) if require_signature and trust is not None else None
+        gate = (Gate(trust, audit_log, require_timestamp=require_timestamp, tsa_trust=tsa_trust)
+                if require_signature and trust is not None else None)
     except IntegrityError as e:
         raise _fail(e) from None
     if gate is None:
@@ -307,6 +313,8 @@ def serve(
                                                    "(e.g. ORTHANC@127.0.0.1:4242).")] = None,
     forward_tls: Annotated[bool | None, typer.Option("--forward-tls/--forward-plain", help="Forward over TLS "
                                                      "(default: when the node has --tls-cert).")] = None,
+    require_timestamp: RequireTimestampOpt = False,
+    tsa_trust: TsaTrustOpt = None,
 ) -> None:
     """Run the medsec DICOM node: receive (C-STORE), verify signatures, quarantine what fails, store the rest
     durably, forward it to the archive and run inference on it (Ctrl-C stops it; see docs/integrity.md)."""
@@ -317,7 +325,7 @@ def serve(
     from medsec.integrity.scp import GatedStorageSCP
 
     try:
-        gate = Gate(trust, audit_log)
+        gate = Gate(trust, audit_log, require_timestamp=require_timestamp, tsa_trust=tsa_trust)
         tls = _tls_config(tls_cert, tls_key, tls_trust, tls_password)
     except IntegrityError as e:
         raise _fail(e) from None
@@ -357,7 +365,8 @@ def serve(
                           ssl_context=tls.server_context() if tls is not None else None)
     mode = f"TLS only (1.2+, BCP 195, client certificates from {tls.trust})" if tls is not None else "plain TCP"
     pending = len(forwarder.pending()) if forwarder is not None else 0
-    console.print(f"listening on {host}:{port} as {ae_title}, {mode}; signer trust {trust}; audit log {audit_log}"
+    console.print(f"listening on {host}:{port} as {ae_title}, {mode}; signer trust {trust}"
+                  + ("; certified timestamps required" if require_timestamp else "") + f"; audit log {audit_log}"
                   + (f"; forwarding to {forward_to} ({pending} pending)" if forwarder is not None else ""),
                   markup=False)
     if forwarder is not None:

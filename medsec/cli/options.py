@@ -20,3 +20,7 @@ ExecutorOpt = Annotated[str, typer.Option("--executor", help="where the grid's c
                                                          "one after another) or ray (Ray tasks; docs/scale.md)")]
 AddressOpt = Annotated[str | None, typer.Option("--address", help="the Ray cluster of --executor ray: HOST:PORT, "
                                                                  "ray://HOST:PORT or auto (default: a local Ray)")]
+RequireTimestampOpt = Annotated[bool, typer.Option("--require-timestamp", help="Refuse (exit 17) a file whose accepted "
+                                                 "signature carries no valid certified timestamp (RFC 3161).")]
+TsaTrustOpt = Annotated[Path | None, typer.Option("--tsa-trust", help="Trusted timestamp authorities (certificate file "
+                                                 "or folder) for certified timestamps; default: --trust.")]

@@ -229,12 +229,16 @@ class Gate:
         return v
 
     def check_bytes(self, data: bytes, source: str) -> Verdict:
-        v = check_bytes(data, self.trust, source, tsa_trust=self.tsa_trust)
-        if self.require_timestamp:
-            v = with_timestamp_required(v)
+        v = self.verdict_bytes(data, source)
         if self.audit is not None:
             self.audit.write(v)
         return v
+
+    def verdict_bytes(self, data: bytes, source: str) -> Verdict:
+        """The gate's verdict on an encoded file (its trust stores and timestamp rule) without writing the audit
+        line, for a caller that logs its own (the DICOM node records what it did with the instance too)."""
+        v = check_bytes(data, self.trust, source, tsa_trust=self.tsa_trust)
+        return with_timestamp_required(v) if self.require_timestamp else v
 
 
 def require_signed(path: str | Path, trust: TrustStore | str | Path, audit_log: str | Path | None = None) -> Verdict:

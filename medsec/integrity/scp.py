@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medsec.integrity.errors import IntegrityError
-from medsec.integrity.gate import Gate, Verdict, check_bytes
+from medsec.integrity.gate import Gate, Verdict
 from medsec.integrity.rawdicom import split_meta
 from medsec.integrity.tls import describe
 from medsec.paths import write_bytes_atomic, write_text_atomic
@@ -142,7 +142,7 @@ class GatedStorageSCP:
             self._counter += 1
             n = self._counter
         source = f"{peer.strip()}#{n}"
-        verdict = check_bytes(data, self.gate.trust, source)
+        verdict = self.gate.verdict_bytes(data, source)
         name = _safe_name(verdict.sop_instance_uid, f"instance-{uuid.uuid4().hex}") + ".dcm"
         record: dict[str, Any] = {"event": "received", "source": source,
                                   "sop_instance_uid": verdict.sop_instance_uid,

@@ -1,4 +1,5 @@
-"""Shared fixtures for the integrity tests: keys (RSA, ECDSA, a CA and its signer) and small DICOM files."""
+"""Shared fixtures for the integrity tests: keys (RSA, ECDSA, a CA and its signer), small DICOM files and a tiny
+victim checkpoint."""
 
 from __future__ import annotations
 
@@ -70,3 +71,20 @@ def nested_file(sample_dir: Path, tmp_path: Path) -> Path:
 @pytest.fixture()
 def rle_file(sample_dir: Path, tmp_path: Path) -> Path:
     return Path(shutil.copy(sample_dir / "rle.dcm", tmp_path / "rle.dcm"))
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real (tiny, untrained) victim checkpoint for `medsec infer` and `medsec serve --model`."""
+    import torch
+
+    from medsec.models import build_model, save_checkpoint
+
+    torch.manual_seed(0)
+    build = {"arch": "resnet20", "in_channels": 1, "num_outputs": 2, "task": "classification", "width": 0.25,
+             "depth": 0.34, "mean": [0.5], "std": [0.25]}
+    model = build_model(**build)
+    path = tmp_path_factory.mktemp("ckpt") / "victim.pt"
+    save_checkpoint(model, path, {**build, "dataset": "test", "class_names": ["normal", "abnormal"],
+                                  "image_size": 16, "channels": 1})
+    return path

@@ -6,8 +6,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
-import torch
 from typer.testing import CliRunner
 
 from medsec.cli import app
@@ -15,21 +13,8 @@ from medsec.integrity import AuditLog
 from medsec.integrity.demo import replace_pixels_in_place
 from medsec.integrity.samples import write_image_dicom
 from medsec.integrity.signature import sign_file
-from medsec.models import build_model, save_checkpoint
 
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    build = {"arch": "resnet20", "in_channels": 1, "num_outputs": 2, "task": "classification", "width": 0.25,
-             "depth": 0.34, "mean": [0.5], "std": [0.25]}
-    model = build_model(**build)
-    path = tmp_path_factory.mktemp("ckpt") / "victim.pt"
-    save_checkpoint(model, path, {**build, "dataset": "test", "class_names": ["normal", "abnormal"],
-                                  "image_size": 16, "channels": 1})
-    return path
 
 
 def test_infer_requires_signature(checkpoint: Path, tmp_path: Path, rsa_signer) -> None:

@@ -39,7 +39,20 @@ burst = importlib.util.module_from_spec(_spec)
 sys.modules["node_burst"] = burst
 _spec.loader.exec_module(burst)
 
-STORESCU = shutil.which("storescu")
+
+def dcmtk_storescu() -> str | None:
+    """DCMTK's storescu on PATH, passing over pynetdicom's console script of the same name (which an activated
+    virtual environment puts first and which speaks no TLS options)."""
+    import os
+
+    for d in os.environ.get("PATH", "").split(os.pathsep):
+        found = shutil.which("storescu", path=d) if d else None
+        if found and b"pynetdicom" not in Path(found).read_bytes()[:4096]:
+            return found
+    return None
+
+
+STORESCU = dcmtk_storescu()
 needs_orthanc = pytest.mark.skipif(burst.ORTHANC is None, reason="Orthanc is not installed")
 needs_dcmtk = pytest.mark.skipif(STORESCU is None, reason="DCMTK (storescu) is not installed")
 

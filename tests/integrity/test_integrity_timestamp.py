@@ -318,3 +318,88 @@ def test_separate_tsa_trust(signed: Path, tmp_path: Path, rsa_signer, tsa: Local
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["verify", str(out), "--trust", str(trust), "--tsa-trust", str(other_tsa.ca_pem)])
     assert r.exit_code == 17 and "timestamp authority not trusted" in r.output
+
+
+@pytest.fixture()
+def signed_image(tmp_path: Path, rsa_signer) -> Path:
+    """A signed single-frame image (something `infer` and the node's model can read)."""
+    import numpy as np
+
+    from medsec.integrity.samples import write_image_dicom
+
+    img = write_image_dicom(tmp_path / "img.dcm", np.random.default_rng(0).integers(0, 256, (1, 40, 40), np.uint8))
+    out = tmp_path / "img-signed.dcm"
+    sign_file(img, out, rsa_signer.key, rsa_signer.cert)
+    return out
+
+
+def test_infer_requires_timestamp(signed_image: Path, tmp_path: Path, tsa: LocalTSA, trust: Path,
+                                  checkpoint: Path) -> None:
+    """`infer --require-timestamp`: a signed file without a certified timestamp never reaches the model (exit 17),
+    a stamped one does; the TSA may be trusted apart from the signers (--tsa-trust)."""
+    log = tmp_path / "audit.jsonl"
+    base = ["infer", "--model", str(checkpoint), "--require-signature", "--require-timestamp", "--json",
+            "--audit-log", str(log)]
+    r = runner.invoke(app, [*base, "--trust", str(trust), str(signed_image)])
+    assert r.exit_code == 17 and "certified timestamp is required" in r.output
+    (res,) = json.loads(r.stdout)
+    assert res["refused"] and res["reason"] == "timestamp"
+    stamped = stamp(signed_image, tmp_path / "img-stamped.dcm", tsa)
+    r = runner.invoke(app, [*base, "--trust", str(trust), str(stamped)])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)[0]["signature"]["verdict"] == "accepted"
+    signer_only = tmp_path / "signer-only"
+    shutil.copytree(trust, signer_only)
+    (signer_only / tsa.ca_pem.name).unlink()
+    r = runner.invoke(app, [*base, "--trust", str(signer_only), str(stamped)])
+    assert r.exit_code == 17, r.output  # the TSA is not trusted: its timestamp does not count
+    r = runner.invoke(app, [*base, "--trust", str(signer_only), "--tsa-trust", str(tsa.ca_pem), str(stamped)])
+    assert r.exit_code == 0, r.output
+    # the timestamp options act on the gate: without it they are a usage error, not a silent pass
+    r = runner.invoke(app, ["infer", "--model", str(checkpoint), "--require-timestamp", str(stamped)])
+    assert r.exit_code == 2 and "--require-signature" in r.output
+
+
+def test_serve_requires_timestamp(signed_image: Path, tmp_path: Path, tsa: LocalTSA, trust: Path) -> None:
+    """`medsec serve --require-timestamp`, run as a process: a signed instance without a certified timestamp is
+    refused (0xC011) and quarantined, a stamped one is stored."""
+    import socket
+    import sys
+    import time
+
+    import pydicom
+    from pynetdicom import AE
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    store, quarantine = tmp_path / "store", tmp_path / "quarantine"
+    proc = subprocess.Popen([sys.executable, "-m", "medsec", "serve", "--trust", str(trust), "--port", str(port),
+                             "--store", str(store), "--quarantine", str(quarantine), "--audit-log",
+                             str(tmp_path / "audit.jsonl"), "--require-timestamp"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
+                time.sleep(0.2)
+        stamped = stamp(signed_image, tmp_path / "img-stamped.dcm", tsa)
+        sop_class = pydicom.dcmread(signed_image, stop_before_pixels=True).SOPClassUID
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(sop_class, pydicom.uid.ExplicitVRLittleEndian)
+        assoc = ae.associate("127.0.0.1", port, ae_title="MEDSEC")
+        assert assoc.is_established
+        try:
+            statuses = [int(assoc.send_c_store(f).Status) for f in (signed_image, stamped)]
+        finally:
+            assoc.release()
+    finally:
+        proc.terminate()
+        out = proc.communicate(timeout=30)[0]
+    assert statuses == [0xC000 + 17, 0x0000], out
+    assert "certified timestamps required" in out
+    assert len(list(quarantine.rglob("*.dcm"))) == 1 and len(list(store.rglob("*.dcm"))) == 1
