@@ -50,19 +50,21 @@ def keygen(
     issuer_password: Annotated[str | None, typer.Option(help="Password of the CA private key.")] = None,
     password: PasswordOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing NAME.key/NAME.pem.")] = False,
-    purpose: Annotated[str, typer.Option(help="signing (DICOM signatures), or a TLS certificate for the node: "
-                                         "tls-server, tls-client, tls (both).")] = "signing",
+    purpose: Annotated[str, typer.Option(help="signing (DICOM signatures), a TLS certificate for the node: "
+                                         "tls-server, tls-client, tls (both), or timestamping (a time stamping "
+                                         "authority's certificate, RFC 3161).")] = "signing",
     hosts: Annotated[list[str] | None, typer.Option("--host", help="TLS: DNS name or IP address the certificate "
                                                     "is for (repeat it; default localhost, 127.0.0.1, ::1).")] = None,
 ) -> None:
     """Make a key pair and certificate (self-signed, a CA, or issued by your CA) and a trust-store folder;
     for DICOM signatures, or with --purpose for TLS between modalities, the medsec node and the archive."""
+    from medsec.integrity.keys import PURPOSES
     from medsec.integrity.keys import keygen as _keygen
 
     if algorithm not in ("rsa", "ecdsa"):
         raise typer.BadParameter("choose rsa or ecdsa", param_hint="--algorithm")
-    if purpose not in ("signing", "tls-server", "tls-client", "tls"):
-        raise typer.BadParameter("choose signing, tls-server, tls-client or tls", param_hint="--purpose")
+    if purpose not in PURPOSES:
+        raise typer.BadParameter(f"choose one of {', '.join(PURPOSES)}", param_hint="--purpose")
     try:
         r = _keygen(out_dir, name=name, common_name=cn, kind=algorithm,  # type: ignore[arg-type]
                     bits=bits, curve=curve, days=days, ca=ca, issuer_key_path=issuer_key,

@@ -32,9 +32,10 @@ PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
 KeyKind = Literal["rsa", "ecdsa"]
 # What a certificate is for: signing DICOM (digitalSignature + nonRepudiation), a TLS server, a TLS client,
 # or a TLS node that is both (an SCP that also forwards as an SCU): digitalSignature (+ keyEncipherment for
-# RSA) and the matching extended key usages (RFC 5280 4.2.1.12), as OpenSSL checks them in a handshake.
-Purpose = Literal["signing", "tls-server", "tls-client", "tls"]
-PURPOSES: tuple[str, ...] = ("signing", "tls-server", "tls-client", "tls")
+# RSA) and the matching extended key usages (RFC 5280 4.2.1.12), as OpenSSL checks them in a handshake; or a
+# time stamping authority (RFC 3161 2.3: the single, critical extended key usage id-kp-timeStamping).
+Purpose = Literal["signing", "tls-server", "tls-client", "tls", "timestamping"]
+PURPOSES: tuple[str, ...] = ("signing", "tls-server", "tls-client", "tls", "timestamping")
 DEFAULT_TLS_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 CURVES: dict[str, type[ec.EllipticCurve]] = {
@@ -93,13 +94,16 @@ def make_certificate(
     basicConstraints CA:TRUE and keyCertSign. TLS certificates (`purpose` tls-server, tls-client or tls)
     carry digitalSignature (+ keyEncipherment for RSA), the serverAuth/clientAuth extended key usages and
     a subjectAltName with `hosts` (DNS names or IP addresses; a TLS server without hosts gets
-    localhost, 127.0.0.1 and ::1). `not_before` (UTC) overrides the backdated start, which lets tests make
+    localhost, 127.0.0.1 and ::1). A TSA certificate (`purpose` timestamping) carries digitalSignature +
+    nonRepudiation and the one critical extended key usage timeStamping RFC 3161 requires, so `openssl ts
+    -reply` (or any RFC 3161 server) can answer `medsec timestamp request`'s queries with it for a site's own
+    TSA. `not_before` (UTC) overrides the backdated start, which lets tests make
     expired or not-yet-valid certificates."""
     if (issuer_key is None) != (issuer_cert is None):
         raise KeyFileError("an issuing CA needs both its key and its certificate")
     if purpose not in PURPOSES:
         raise KeyFileError(f"--purpose {purpose}: choose one of {', '.join(PURPOSES)}")
-    tls = purpose != "signing" and not is_ca
+    tls = purpose not in ("signing", "timestamping") and not is_ca
     subject = _name(common_name, organization)
     start, end = _validity(days, not_before, backdate)
     builder = (
@@ -127,6 +131,8 @@ def make_certificate(
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
     )
+    if purpose == "timestamping" and not is_ca:
+        builder = builder.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.TIME_STAMPING]), critical=True)
     if tls:
         usages = {"tls-server": [ExtendedKeyUsageOID.SERVER_AUTH], "tls-client": [ExtendedKeyUsageOID.CLIENT_AUTH],
                   "tls": [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]}[purpose]

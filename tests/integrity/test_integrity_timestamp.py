@@ -166,32 +166,69 @@ def test_unsigned_file_cannot_be_timestamped(nested_file: Path, tmp_path: Path) 
     assert r.exit_code == 25 and "carries no digital signature" in r.output
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="the OpenSSL command line: openssl is not on PATH")
-def test_openssl_ts_reply_token_verifies(signed: Path, tmp_path: Path, tsa: LocalTSA, trust: Path) -> None:
-    """An independent TSA implementation: `openssl ts -reply` with the same TSA key and certificate."""
-    q, _ = timestamp_request(signed)
-    (tmp_path / "q.tsq").write_bytes(q)
-    (tmp_path / "serial").write_text("01\n")
-    cfg = tmp_path / "tsa.cnf"
+needs_openssl = pytest.mark.skipif(shutil.which("openssl") is None,
+                                   reason="the OpenSSL command line: openssl is not on PATH")
+
+
+def openssl_ts_reply(query: bytes, cert: Path, key: Path, folder: Path) -> bytes:
+    """An independent TSA implementation, `openssl ts -reply`, answering `query` with `cert` and `key`."""
+    (folder / "q.tsq").write_bytes(query)
+    (folder / "serial").write_text("01\n")
+    cfg = folder / "tsa.cnf"
     cfg.write_text(f"""[ tsa ]
 default_tsa = tsa_config
 [ tsa_config ]
-serial = {tmp_path / 'serial'}
+serial = {folder / 'serial'}
 signer_digest = sha256
 default_policy = 1.3.6.1.4.1.99999.1.3
 digests = sha256, sha384, sha512
 accuracy = secs:1
 ess_cert_id_alg = sha256
 """)
-    r = subprocess.run(["openssl", "ts", "-reply", "-config", str(cfg), "-queryfile", str(tmp_path / "q.tsq"),
-                        "-signer", str(tsa.cert_pem), "-inkey", str(tsa.key_pem), "-out", str(tmp_path / "r.tsr")],
+    r = subprocess.run(["openssl", "ts", "-reply", "-config", str(cfg), "-queryfile", str(folder / "q.tsq"),
+                        "-signer", str(cert), "-inkey", str(key), "-out", str(folder / "r.tsr")],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
+    return (folder / "r.tsr").read_bytes()
+
+
+@needs_openssl
+def test_openssl_ts_reply_token_verifies(signed: Path, tmp_path: Path, tsa: LocalTSA, trust: Path) -> None:
+    """An independent TSA implementation: `openssl ts -reply` with the same TSA key and certificate."""
+    q, _ = timestamp_request(signed)
     out = tmp_path / "stamped.dcm"
-    insert_timestamp(signed, out, (tmp_path / "r.tsr").read_bytes(), request=q)
+    insert_timestamp(signed, out, openssl_ts_reply(q, tsa.cert_pem, tsa.key_pem, tmp_path), request=q)
     v = check(out, trust)
     assert v.ok, v.message
     assert v.signatures[0].timestamp["policy"] == "1.3.6.1.4.1.99999.1.3"
+
+
+@needs_openssl
+def test_keygen_makes_a_tsa_certificate(signed: Path, tmp_path: Path, rsa_signer) -> None:
+    """A site's own TSA from `medsec keygen`: a CA, a TSA certificate it issues (--purpose timestamping: the one
+    critical timeStamping extended key usage), `openssl ts -reply` with it; the stamp passes --require-timestamp
+    with that CA as --tsa-trust, and is refused without it."""
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    from medsec.integrity.keys import load_certificate
+
+    pki = tmp_path / "pki"
+    for args in (["--name", "tsa-ca", "--ca"],
+                 ["--name", "tsa", "--purpose", "timestamping", "--issuer-key", str(pki / "tsa-ca.key"),
+                  "--issuer-cert", str(pki / "tsa-ca.pem")]):
+        r = runner.invoke(app, ["keygen", str(pki), *args])
+        assert r.exit_code == 0, r.output
+    eku = load_certificate(pki / "tsa.pem").extensions.get_extension_for_class(x509.ExtendedKeyUsage)
+    assert eku.critical and list(eku.value) == [ExtendedKeyUsageOID.TIME_STAMPING]
+    q, _ = timestamp_request(signed)
+    base = ["verify", "--trust", str(rsa_signer.trust), "--require-timestamp"]
+    stamped = tmp_path / "stamped.dcm"
+    insert_timestamp(signed, stamped, openssl_ts_reply(q, pki / "tsa.pem", pki / "tsa.key", tmp_path), request=q)
+    r = runner.invoke(app, [*base, "--tsa-trust", str(pki / "tsa-ca.pem"), str(stamped)])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, [*base, str(stamped)])  # that TSA is not trusted
+    assert r.exit_code == 17, r.output
 
 
 def dcmsign(*args: str | Path) -> subprocess.CompletedProcess[str]:
