@@ -16,8 +16,9 @@ from medsec.data.base import SPLITS, MedicalDataset, cached_npz
 from medsec.data.synthetic import GENERATORS
 from medsec.errors import DataError
 from medsec.paths import cache_root
+from medsec.provenance import code_digest
 
-CACHE_FORMAT = 4  # bump whenever a synthetic generator changes: old cache entries are then not reused
+CACHE_FORMAT = 4  # the data's version; the cache also keys on the data code (medsec.provenance.code_digest)
 
 
 def _load_synthetic_modules() -> None:
@@ -99,8 +100,8 @@ def load_dataset(
         raise DataError(f"unknown dataset {name!r}; available: {', '.join(sorted(GENERATORS))}")
     spec = GENERATORS[name]
     d = spec.default_difficulty if difficulty is None else float(difficulty)
-    key = {"format": CACHE_FORMAT, "name": name, "size": size, "n": [n_train, n_val, n_test],
-           "seed": seed, "difficulty": d}
+    key = {"format": CACHE_FORMAT, "code": code_digest("data"), "name": name, "size": size,
+           "n": [n_train, n_val, n_test], "seed": seed, "difficulty": d}
     path = _cache_file(cache_root(cache_dir), name, key)
     return cached_npz(path, spec.info, lambda: generate_synthetic(
         name, size=size, n_train=n_train, n_val=n_val, n_test=n_test, seed=seed, difficulty=d), "regenerating it")

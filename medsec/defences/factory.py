@@ -23,6 +23,7 @@ from medsec.defences.rbf import RBF
 from medsec.errors import MedsecError
 from medsec.models.victims import Victim, get_victim, resolve_device
 from medsec.paths import cache_root
+from medsec.provenance import code_digest
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ def get_defence(cfg: ExperimentConfig, name: str, dataset: str, *, seed: int | N
     victim = victim or get_victim(cfg, dataset)
     cfg = defence_config(cfg)
     key = cfg.digest("data", "train", "model", "defences") + \
-        f"{victim.checkpoint.name}|{name}|{seed}"
+        f"{victim.checkpoint.name}|{name}|{seed}|code-{code_digest('data', 'models', 'defences', 'attacks')}"
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     path = cache_root(cfg.cache_dir) / "defences" / f"{name}-{dataset}-s{seed}-{digest}.pt"
     device = resolve_device(cfg.device)

@@ -28,6 +28,7 @@ from medsec.models.inference import resolve_device
 from medsec.models.networks import build_model, describe
 from medsec.models.training import evaluate_split, seed_everything, train_model
 from medsec.paths import cache_root
+from medsec.provenance import code_digest
 
 log = logging.getLogger(__name__)
 
@@ -183,9 +184,10 @@ def get_victim(
     width = vc.width if vc.width is not None else cfg.model.width
     depth = vc.depth if vc.depth is not None else cfg.model.depth
     device = resolve_device(cfg.device)
-    # The data's version is part of the key: a changed generator means a retrained victim.
+    # The data's version and the code that generates, builds and trains are part of the key: a changed
+    # generator, architecture or training loop means a retrained victim.
     key = (cfg.digest("data", "train") + repr(vc.model_copy(update={"width": width, "depth": depth}))
-           + f"|data-format-{CACHE_FORMAT}")
+           + f"|data-format-{CACHE_FORMAT}|code-{code_digest('data', 'models')}")
     extra_tag = ""
     if data_variant != "full":
         key += f"|variant={data_variant}"

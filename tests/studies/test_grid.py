@@ -108,3 +108,55 @@ def test_cell_digests_change_with_the_source_that_computes_results(tmp_path, mon
     (copy / "attacks" / "apgd.py").write_text((copy / "attacks" / "apgd.py").read_text() + "\n# changed\n")
     changed = digest_of(copy)
     assert changed[0] != same[0] and changed[1] != same[1]
+
+
+def test_victim_and_defence_caches_key_on_the_code_that_made_them(tmp_path, monkeypatch):
+    """Cached data, victims and defences are keyed by the code that made them: an edit to an attack retrains no
+    victim but refits the defences (some train on adversarial examples); an edit to the training code
+    retrains the victims; a report edit changes nothing. A trained victim is found again under the same code."""
+    import shutil
+
+    import medsec
+    import medsec.models.victims as victims
+    import medsec.provenance as prov
+    from medsec.config import load_config
+    from medsec.models.victims import get_victim
+
+    root = Path(medsec.__file__).resolve().parent
+    copy = tmp_path / "medsec"
+    shutil.copytree(root, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    kinds = {"data": ("data",), "victim": ("data", "models"), "defence": ("data", "models", "defences", "attacks")}
+
+    def digests(tree: Path) -> dict[str, str]:
+        monkeypatch.setattr(prov, "__file__", str(tree / "provenance.py"))
+        prov.code_digest.cache_clear()
+        try:
+            return {k: prov.code_digest(*parts) for k, parts in kinds.items()}
+        finally:
+            prov.code_digest.cache_clear()
+
+    def edit(rel: str) -> None:
+        (copy / rel).write_text((copy / rel).read_text() + "\n# changed\n")
+
+    base = digests(copy)
+    assert base == digests(root)
+    assert prov.code_digest("models", "data") == prov.code_digest("data", "models")  # a set, not a sequence
+    edit("report/levy.py")
+    assert digests(copy) == base
+    edit("attacks/apgd.py")
+    after_attack = digests(copy)
+    assert after_attack["data"] == base["data"] and after_attack["victim"] == base["victim"]
+    assert after_attack["defence"] != base["defence"]
+    edit("models/training.py")
+    after_training = digests(copy)
+    assert after_training["data"] == base["data"] and after_training["victim"] != base["victim"]
+
+    # the victim cache: the same code finds its victim again; other training code trains another one
+    cfg = load_config("quick", {"cache_dir": str(tmp_path / "cache"), "data": {"n_train": 64, "n_val": 32,
+                                "n_test": 32, "image_size": 16}, "train": {"epochs": 1}})
+    first = get_victim(cfg, "chest2")
+    again = get_victim(cfg, "chest2")
+    assert again.from_cache and again.checkpoint == first.checkpoint
+    monkeypatch.setattr(victims, "code_digest", lambda *parts: "0" * 12)  # as after an edit to the training code
+    other = get_victim(cfg, "chest2")
+    assert not other.from_cache and other.checkpoint != first.checkpoint
