@@ -57,7 +57,8 @@ def keygen(
                                                     "is for (repeat it; default localhost, 127.0.0.1, ::1).")] = None,
 ) -> None:
     """Make a key pair and certificate (self-signed, a CA, or issued by your CA) and a trust-store folder;
-    for DICOM signatures, or with --purpose for TLS between modalities, the medsec node and the archive."""
+    for DICOM signatures, with --purpose for TLS between modalities, the medsec node and the archive, or for
+    a site's own time stamping authority."""
     from medsec.integrity.keys import PURPOSES
     from medsec.integrity.keys import keygen as _keygen
 
