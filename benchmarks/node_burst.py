@@ -35,6 +35,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -147,13 +148,21 @@ class Orthanc:
 class Node:
     """The medsec node as its own process (`medsec serve`), killable and restartable."""
 
-    def __init__(self, workdir: Path, pki: Pki, archive: Orthanc, tls: bool) -> None:
+    def __init__(self, workdir: Path, pki: Pki | None, archive: Orthanc | None, tls: bool, *,
+                 trust: Path | None = None, extra_args: Sequence[str] = ()) -> None:
+        """archive None: no forwarding; trust: the signer trust (default the PKI's); extra_args: further
+        `medsec serve` options (e.g. --require-timestamp). tls and the default trust need the PKI."""
+        if pki is None and (tls or trust is None):
+            raise ValueError("a node with TLS or without its own trust needs the PKI")
         self.dir, self.port = workdir, free_port()
         self.audit = workdir / "audit.jsonl"
         self.store, self.quarantine = workdir / "store", workdir / "quarantine"
-        self.args = ["--trust", str(pki.signer_trust), "--port", str(self.port), "--ae-title", NODE_AET,
+        signer_trust = trust if trust is not None else pki.signer_trust  # type: ignore[union-attr]
+        self.args = ["--trust", str(signer_trust), "--port", str(self.port), "--ae-title", NODE_AET,
                      "--store", str(self.store), "--quarantine", str(self.quarantine),
-                     "--audit-log", str(self.audit), "--forward-to", f"{ARCHIVE_AET}@127.0.0.1:{archive.port}"]
+                     "--audit-log", str(self.audit), *extra_args]
+        if archive is not None:
+            self.args += ["--forward-to", f"{ARCHIVE_AET}@127.0.0.1:{archive.port}"]
         if tls:
             self.args += ["--tls-cert", str(pki.node[0]), "--tls-key", str(pki.node[1]), "--tls-trust", str(pki.trust)]
         self.proc: subprocess.Popen[bytes] | None = None

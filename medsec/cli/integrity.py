@@ -368,14 +368,13 @@ def serve(
                           ssl_context=tls.server_context() if tls is not None else None)
     mode = f"TLS only (1.2+, BCP 195, client certificates from {tls.trust})" if tls is not None else "plain TCP"
     pending = len(forwarder.pending()) if forwarder is not None else 0
-    console.print(f"listening on {host}:{port} as {ae_title}, {mode}; signer trust {trust}"
-                  + ("; certified timestamps required" if require_timestamp else "") + f"; audit log {audit_log}"
-                  + (f"; forwarding to {forward_to} ({pending} pending)" if forwarder is not None else ""),
-                  markup=False)
+    ready = (f"listening on {host}:{port} as {ae_title}, {mode}; signer trust {trust}"
+             + ("; certified timestamps required" if require_timestamp else "") + f"; audit log {audit_log}"
+             + (f"; forwarding to {forward_to} ({pending} pending)" if forwarder is not None else ""))
     if forwarder is not None:
         forwarder.start()
-    try:
-        scp.start(host, port, block=True)
+    try:  # the line is printed once the port listens: a sender that waits for it is never refused
+        scp.start(host, port, block=True, listening=lambda: console.print(ready, markup=False))
     except OSError as e:
         raise MedsecError(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
     except KeyboardInterrupt:

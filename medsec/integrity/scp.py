@@ -220,9 +220,11 @@ class GatedStorageSCP:
         ae.add_supported_context(Verification)
         return ae
 
-    def start(self, host: str = "127.0.0.1", port: int = 11112, block: bool = False) -> Any:
+    def start(self, host: str = "127.0.0.1", port: int = 11112, block: bool = False,
+              listening: Callable[[], None] | None = None) -> Any:
         """Listen on host:port (TLS only when the SCP has an ssl_context), one thread per association;
-        non-blocking returns the server (call `stop()`), blocking serves until interrupted."""
+        non-blocking returns the server (call `stop()`), blocking serves until interrupted. `listening` is
+        called once the socket is bound and listening (associations are then queued, not refused)."""
         from pynetdicom import evt
 
         ae = self.application_entity()
@@ -232,6 +234,8 @@ class GatedStorageSCP:
         server.on_tls_refused = self.tls_refused
         ae._servers.append(server)  # as AE.start_server does: server.shutdown() takes it off this list
         self.server = server
+        if listening is not None:
+            listening()
         if block:
             try:
                 server.serve_forever()

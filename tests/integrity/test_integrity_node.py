@@ -5,12 +5,10 @@ only; tests needing Orthanc or DCMTK are skipped where they are not installed.""
 from __future__ import annotations
 
 import datetime as dt
-import importlib.util
 import json
 import shutil
 import ssl
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -31,13 +29,7 @@ from medsec.integrity.keys import keygen, load_certificate
 from medsec.integrity.node import Archive, ArchiveUnavailable, Forwarder
 from medsec.integrity.scp import GatedStorageSCP
 from medsec.integrity.tls import BCP195_CIPHERS, TLSConfig
-
-_spec = importlib.util.spec_from_file_location(
-    "node_burst", Path(__file__).resolve().parents[2] / "benchmarks" / "node_burst.py")
-assert _spec is not None and _spec.loader is not None
-burst = importlib.util.module_from_spec(_spec)
-sys.modules["node_burst"] = burst
-_spec.loader.exec_module(burst)
+from tests.integrity.node_burst_module import burst
 
 
 def dcmtk_storescu() -> str | None:

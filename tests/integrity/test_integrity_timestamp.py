@@ -400,43 +400,27 @@ def test_infer_requires_timestamp(signed_image: Path, tmp_path: Path, tsa: Local
 def test_serve_requires_timestamp(signed_image: Path, tmp_path: Path, tsa: LocalTSA, trust: Path) -> None:
     """`medsec serve --require-timestamp`, run as a process: a signed instance without a certified timestamp is
     refused (0xC011) and quarantined, a stamped one is stored."""
-    import socket
-    import sys
-    import time
-
     import pydicom
     from pynetdicom import AE
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    store, quarantine = tmp_path / "store", tmp_path / "quarantine"
-    proc = subprocess.Popen([sys.executable, "-m", "medsec", "serve", "--trust", str(trust), "--port", str(port),
-                             "--store", str(store), "--quarantine", str(quarantine), "--audit-log",
-                             str(tmp_path / "audit.jsonl"), "--require-timestamp"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    from tests.integrity.node_burst_module import burst
+
+    node = burst.Node(tmp_path, None, None, False, trust=trust, extra_args=["--require-timestamp"])
+    node.start()
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
-                time.sleep(0.2)
         stamped = stamp(signed_image, tmp_path / "img-stamped.dcm", tsa)
         sop_class = pydicom.dcmread(signed_image, stop_before_pixels=True).SOPClassUID
         ae = AE(ae_title="MODALITY")
         ae.add_requested_context(sop_class, pydicom.uid.ExplicitVRLittleEndian)
-        assoc = ae.associate("127.0.0.1", port, ae_title="MEDSEC")
+        assoc = ae.associate("127.0.0.1", node.port, ae_title="MEDSEC")
         assert assoc.is_established
         try:
             statuses = [int(assoc.send_c_store(f).Status) for f in (signed_image, stamped)]
         finally:
             assoc.release()
     finally:
-        proc.terminate()
-        out = proc.communicate(timeout=30)[0]
+        node.stop()
+    out = (tmp_path / "node-1.log").read_text(errors="replace")
     assert statuses == [0xC000 + 17, 0x0000], out
     assert "certified timestamps required" in out
-    assert len(list(quarantine.rglob("*.dcm"))) == 1 and len(list(store.rglob("*.dcm"))) == 1
+    assert len(list(node.quarantine.rglob("*.dcm"))) == 1 and len(list(node.store.rglob("*.dcm"))) == 1
