@@ -335,7 +335,7 @@ class DenoiserRecipe(Recipe):
     transfer-enhancing techniques (:mod:`medsec.attacks.transfer`): MI-DI-FGSM and MI-DI-TI-FGSM on the mean of
     the surrogates' logits, ``transfer_steps`` iterations (default: max(steps, 100); these attacks need many
     small steps). The most effective samples, judged on the surrogates only, are kept, then evaluated on the
-    victim, which is never queried while crafting. transfer=False is the recipe as it was before."""
+    victim, which is never queried while crafting. transfer=False leaves those techniques out."""
 
     name = "denoiser-adaptive"
     strategies: tuple[str, ...] = ("wisdom of the crowd (surrogate ensemble)", "incremental", "restarts",
@@ -373,8 +373,8 @@ class DenoiserRecipe(Recipe):
         if self.transfer:
             ens = LogitEnsemble(models).eval()
             kw: dict[str, Any] = {"grad_model": ens, "seed": self.seed}
-            extra = [transfer_attack(self.eps, self.transfer_steps, **kw),
-                     transfer_attack(self.eps, self.transfer_steps, ti_size=ti_kernel_size(x.shape[-1]), **kw)]
+            extra = [transfer_attack(self.eps, self.transfer_steps, ti_size=ti_kernel_size(x.shape[-1]), **kw),
+                     transfer_attack(self.eps, self.transfer_steps, **kw)]  # most transfer-enhanced first
         atk = SurrogateTransfer(models, self.eps, steps=self.steps, restarts=self.restarts, candidates=extra,
                                 seed=self.seed)
         return _finish(atk.run(defence, x, y), defence, y, task)

@@ -200,3 +200,25 @@ def test_surrogate_selection_averages_over_the_same_diversified_views_for_every_
     torch.testing.assert_close(st._selection_effectiveness(xa, y), st._selection_effectiveness(xa, y))
     with pytest.raises(MedsecError, match="selection_views"):
         SurrogateTransfer(sur, 0.1, selection_views=-1)
+
+
+def test_surrogate_selection_keeps_the_first_candidate_fooling_the_most_surrogates(toy_data, denoisers):
+    from medsec.attacks.adaptive.strategies import SurrogateTransfer
+    from medsec.attacks.transfer import LogitEnsemble, transfer_attack
+
+    x, y = toy_data.test.images()[:24], toy_data.test.target_tensor()[:24]
+    sur = [denoisers[s].classifier for s in (11, 12)]
+    eps = 0.05
+    extra = [transfer_attack(eps, 5, ti_size=7, grad_model=LogitEnsemble(sur).eval(), seed=1)]
+    st = SurrogateTransfer(sur, eps, steps=3, restarts=2, candidates=extra, selection_views=0, seed=1)
+    cands = st._candidates(x, y)
+    assert len(cands) == 1 + 1 + 2 + 1  # given, momentum, restarts, one-step
+    eff = torch.stack([st._selection_effectiveness(c, y) for c in cands])  # (candidates, images)
+    # the share of surrogates fooled, no loss term
+    fooled = torch.stack([sum((m(c).argmax(1) != y).float() for m in sur) / 2 for c in cands])
+    assert torch.equal(eff, fooled)
+    first_best = (eff == eff.max(0).values).float().argmax(0)  # ties go to the earliest candidate
+    expected = torch.stack([cands[int(k)][i] for i, k in enumerate(first_best)])
+    res = st.run(denoisers[0], x, y)
+    assert torch.equal(res.x_adv, expected)
+    torch.testing.assert_close(res.info["surrogate_effectiveness"], eff.max(0).values)
