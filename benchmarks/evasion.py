@@ -14,7 +14,7 @@ transfer: on the Denoiser row's surrogates (the attacker's denoiser copies and t
 Everything uses the same first n test images and the row's eps ([0, 1] pixel units, L_inf).
 
     OMP_NUM_THREADS=2 PYTHONPATH=.:benchmarks python benchmarks/evasion.py detectors [--rows mgm-chest14,gmm-rsna] [--n 64]
-    OMP_NUM_THREADS=2 PYTHONPATH=.:benchmarks python benchmarks/evasion.py transfer [--n 64] [--sets all|denoisers|both]
+    OMP_NUM_THREADS=2 PYTHONPATH=.:benchmarks python benchmarks/evasion.py transfer [--seeds 0,1,2] [--n 64] [--sets all|denoisers|both]
         [--alphas default|eps10|both] [--only medsec,torchattacks,previous]
 """
 
@@ -58,14 +58,14 @@ def detectors(a: argparse.Namespace) -> int:
 
 def detector_row(a: argparse.Namespace, row_id: str) -> None:
     """One detector row's table."""
-    run = row_setup(a.profile, row_id, a.n, a.seed)
+    run = row_setup(a.profile, row_id, a.n, a.seeds[0])
     row, defence, x, y, task, finding = run.row, run.defence, run.x, run.y, run.task, run.finding
     thr = float(defence.threshold)
     s_clean = suspicion(defence, x).numpy()
     spread = float(np.std(s_clean))
     ex = exposed(defence)
     clf = ex.get("classifier", defence)
-    kw: dict[str, Any] = {"steps": a.steps, "restarts": a.restarts, "seed": 0}
+    kw: dict[str, Any] = {"steps": a.steps, "restarts": a.restarts, "seed": run.cfg.seed}
     contenders: dict[str, Callable[[], Tensor]] = {
         "previous recipe": lambda: recipe_for(defence, row.eps, orthogonal=False, **kw)(defence, x, y),
         "current recipe": lambda: recipe_for(defence, row.eps, **kw)(defence, x, y),
@@ -73,7 +73,7 @@ def detector_row(a: argparse.Namespace, row_id: str) -> None:
     if row.defence != "gmm":  # GMM's score follows the predicted class: orthogonal PGD runs inside its recipe
         contenders["orthogonal PGD (score)"] = lambda: OrthogonalPGD(
             detector_term(defence, spread), eps=row.eps, steps=a.steps, restarts=a.restarts, grad_model=clf,
-            success=accepted_by(defence), seed=0)(defence, x, y)
+            success=accepted_by(defence), seed=run.cfg.seed)(defence, x, y)
     print(f"\n## {row_id}: eps {row.eps:g}, n={len(x)}, threshold {thr:.4g} (fixed at fit time)\n")
     print("| attack | accuracy with defence (%) | rejected (%) | detection AUROC (%) | seconds |")
     print("|---|---:|---:|---:|---:|")
@@ -101,14 +101,37 @@ def _accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
 
 
 def transfer(a: argparse.Namespace) -> int:
+    """Every seed's table, then the verdict on the accuracy pooled over the seeds (the same images per seed for
+    every contender; the best torchattacks variant is the one best over all seeds, not picked per seed)."""
     ta = torchattacks_or_exit()
-    run = row_setup(a.profile, "denoiser-rsna", a.n, a.seed)
+    per_seed = {seed: transfer_seed(a, ta, seed) for seed in a.seeds}
+    ok = True
+    keys = list(per_seed[a.seeds[0]])
+    for sname in dict.fromkeys(sn for _, sn in keys):
+        pooled = {n: float(np.mean([per_seed[s][(n, sn)] for s in a.seeds])) for n, sn in keys if sn == sname}
+        ours = next((n for n in pooled if n.startswith("medsec DenoiserRecipe (")), None)
+        tas = [n for n in pooled if n.startswith("torchattacks")]
+        if ours is None or not tas:
+            continue
+        best = min(tas, key=lambda n: pooled[n])
+        ok &= pooled[ours] <= pooled[best]
+        seeds = ", ".join(f"seed {s}: {per_seed[s][(ours, sname)]:.1f} vs {per_seed[s][(best, sname)]:.1f}"
+                          for s in a.seeds)
+        print(f"\n{sname}, mean over seeds {','.join(map(str, a.seeds))}: medsec {pooled[ours]:.1f}% vs the best "
+              f"MI-DI-FGSM ({best.removeprefix('torchattacks MI-DI-FGSM, ')}) {pooled[best]:.1f}% ({seeds}): "
+              f"{'at least as strong' if pooled[ours] <= pooled[best] else 'WEAKER'}")
+    return 0 if ok else 1
+
+
+def transfer_seed(a: argparse.Namespace, ta: Any, seed: int) -> dict[tuple[str, str], float]:
+    """One seed's row: every contender on the same images; returns {(attack, surrogate set): accuracy %}."""
+    run = row_setup(a.profile, "denoiser-rsna", a.n, seed)
     row, defence, x, y, rc = run.row, run.defence, run.x, run.y, run.cfg.reproduce
     owned = [m.eval() for m in recipe_options(run, rc.steps)["surrogates"]]  # as medsec reproduce hands them over
     denoisers, plain = owned[:-1], owned[-1]
-    eps = row.eps
-    print(f"# limited knowledge on {row.id}: eps {eps:g}, first {len(x)} test images, {len(denoisers)} denoiser "
-          f"surrogates + the plain surrogate; judged on the defended victim  [{machine()}]")
+    eps, rseed = row.eps, run.cfg.seed
+    print(f"\n# seed {seed}: limited knowledge on {row.id}: eps {eps:g}, first {len(x)} test images, {len(denoisers)} "
+          f"denoiser surrogates + the plain surrogate; judged on the defended victim  [{machine()}]")
     print(f"# defended victim clean accuracy {_accuracy(defence, x, y):.1f}%")
     sets = {"denoiser surrogates + plain surrogate": [*denoisers, plain], "denoiser surrogates": denoisers}
     sets = {k: v for k, v in sets.items() if a.sets == "both" or (a.sets == "all") == ("plain" in k)}
@@ -132,27 +155,17 @@ def transfer(a: argparse.Namespace) -> int:
             tlabel = "" if ts is None else f"; MI-DI(-TI) candidates {ts} steps"
             report(f"medsec DenoiserRecipe (profile budget: {rc.steps} steps, {rc.restarts} restart{tlabel})", sname,
                    lambda sur=sur, ts=ts: DenoiserRecipe(eps, surrogates=sur, steps=rc.steps, restarts=rc.restarts,
-                                                         transfer_steps=ts, seed=0)(defence, x, y))
+                                                         transfer_steps=ts, seed=rseed)(defence, x, y))
         for alpha, label in alphas[a.alphas] if "torchattacks" in a.only else []:
             def ta_fn(alpha: float = alpha, ens: nn.Module = ens) -> Tensor:
-                torch.manual_seed(0)
+                torch.manual_seed(rseed)
                 return ta.DIFGSM(ens, eps=eps, alpha=alpha, steps=100, decay=1.0)(x, y)
             report(f"torchattacks MI-DI-FGSM, 100 steps, {label}", sname, ta_fn)
         if "previous" in a.only:
             report(f"medsec DenoiserRecipe, previous (transfer=False, {rc.steps} steps)", sname,
                    lambda sur=sur: DenoiserRecipe(eps, surrogates=sur, steps=rc.steps, restarts=rc.restarts,
-                                                  transfer=False, seed=0)(defence, x, y))
-    ok = True
-    for sname in sets:
-        ours = [v for (n, sn), v in results.items() if sn == sname and n.startswith("medsec DenoiserRecipe (")]
-        tas = [v for (n, sn), v in results.items() if sn == sname and n.startswith("torchattacks")]
-        if not ours or not tas:
-            continue
-        ours_v, best_ta = ours[0], min(tas)
-        ok &= ours_v <= best_ta
-        print(f"\n{sname}: medsec {ours_v:.1f}% vs best MI-DI-FGSM {best_ta:.1f}%: "
-              f"{'at least as strong' if ours_v <= best_ta else 'WEAKER'}")
-    return 0 if ok else 1
+                                                  transfer=False, seed=rseed)(defence, x, y))
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -161,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", default="quick")
     ap.add_argument("--rows", default="mgm-chest14", help="detector rows, comma-separated (e.g. mgm-chest14,gmm-rsna)")
     ap.add_argument("--n", type=int, default=64, help="test images attacked")
-    ap.add_argument("--seed", type=int, default=0, help="the experiment seed (victims, defences, surrogates)")
+    ap.add_argument("--seeds", default="0", help="the experiment seeds, comma-separated (victims, defences, "
+                    "surrogates; the seeds' cached models, e.g. from medsec reproduce --seeds 0,1,2)")
     ap.add_argument("--steps", type=int, default=None, help="adaptive steps (default: the profile's)")
     ap.add_argument("--restarts", type=int, default=None, help="restarts (default: the profile's)")
     ap.add_argument("--sets", choices=("all", "denoisers", "both"), default="both",
@@ -173,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default="medsec,torchattacks,previous",
                     help="transfer: which contenders (comma-separated: medsec, torchattacks, previous)")
     a = ap.parse_args(argv)
+    a.seeds = [int(s) for s in a.seeds.split(",")]
     rc = load_config(a.profile, {}).reproduce
     a.steps = a.steps or rc.steps
     a.restarts = a.restarts or rc.restarts

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -21,15 +20,10 @@ from medsec.integrity import Gate
 from medsec.integrity.demo import replace_pixels_in_place
 from medsec.integrity.scp import GatedStorageSCP
 from medsec.integrity.signature import sign_file
+from tests.integrity.node_burst_module import burst
 
 ORTHANC = shutil.which("Orthanc") or ("/usr/sbin/Orthanc" if Path("/usr/sbin/Orthanc").exists() else None)
 pytestmark = pytest.mark.skipif(ORTHANC is None, reason="Orthanc is not installed")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def post(url: str, body: bytes) -> tuple[int, dict]:
@@ -45,7 +39,7 @@ def test_orthanc_sends_to_gated_scp(nested_file: Path, tmp_path: Path, rsa_signe
     signed = tmp_path / "signed.dcm"
     sign_file(nested_file, signed, rsa_signer.key, rsa_signer.cert)
     tampered = replace_pixels_in_place(signed, np.zeros((1, 16, 16), np.uint8), tmp_path / "tampered.dcm")
-    http, dicom, scp_port = free_port(), free_port(), free_port()
+    http, dicom, scp_port = burst.free_port(), burst.free_port(), burst.free_port()
     cfg = {
         "Name": "medsec-test", "StorageDirectory": str(tmp_path / "db"), "IndexDirectory": str(tmp_path / "db"),
         "HttpPort": http, "DicomPort": dicom, "DicomAet": "ORTHTEST", "RemoteAccessAllowed": False,

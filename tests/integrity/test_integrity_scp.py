@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import pydicom
@@ -13,12 +12,7 @@ from medsec.integrity import AuditLog, Gate
 from medsec.integrity.demo import replace_pixels_in_place
 from medsec.integrity.scp import GatedStorageSCP
 from medsec.integrity.signature import sign_file
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.integrity.node_burst_module import burst
 
 
 def send(paths: list[Path], port: int) -> list[int]:
@@ -49,7 +43,7 @@ def test_scp_gates_every_instance(nested_file: Path, rle_file: Path, tmp_path: P
 
     scp = GatedStorageSCP(Gate(rsa_signer.trust, tmp_path / "audit.jsonl"), tmp_path / "store",
                           tmp_path / "quarantine", on_accept=on_accept)
-    port = free_port()
+    port = burst.free_port()
     scp.start("127.0.0.1", port)
     try:
         statuses = send([signed, nested_file, tampered, signed_rle], port)
@@ -70,7 +64,7 @@ def test_scp_gates_every_instance(nested_file: Path, rle_file: Path, tmp_path: P
 
 def test_scp_can_acknowledge_quarantined(nested_file: Path, tmp_path: Path, rsa_signer) -> None:
     scp = GatedStorageSCP(Gate(rsa_signer.trust), tmp_path / "store", tmp_path / "q", refuse=False)
-    port = free_port()
+    port = burst.free_port()
     scp.start("127.0.0.1", port)
     try:
         assert send([nested_file], port) == [0x0000]
