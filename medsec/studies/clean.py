@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from medsec.config import ExperimentConfig
+from medsec.models.inference import module_device
 from medsec.models.victims import get_victim
 from medsec.studies.common import StudyOutput, config_digest, provenance, victim_cell
 from medsec.studies.grid import Executor, run_grid
@@ -25,7 +26,8 @@ def integrity_section(cfg: ExperimentConfig, out: Path, dataset: str = "chest2",
 
     v = get_victim(cfg, dataset)
     x, y = v.data.test.images(slice(0, n)), v.data.test.target_tensor(slice(0, n))
-    x_adv = PGD(eps=eps, steps=10, seed=cfg.seed)(v.model.cpu().eval(), x, y)
+    dev = module_device(v.model)  # the victim stays where it was loaded (cfg.device)
+    x_adv = PGD(eps=eps, steps=10, seed=cfg.seed)(v.model.eval(), x.to(dev), y.to(dev)).cpu()
     result = tamper_demo(x.numpy(), x_adv.numpy(), out / "integrity")
     body = tamper_demo_markdown(result).split("\n", 1)[1]  # the report gives the heading
     intro = (f"{n} test images of {v.data.info.label}, PGD-10 at eps {eps} ([0, 1] pixel units) against "
