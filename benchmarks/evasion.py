@@ -51,14 +51,15 @@ def row_setup(profile: str, row_id: str, n: int, seed: int = 0) -> RowRun:
 def detectors(a: argparse.Namespace) -> int:
     print(f"# detector evasion, profile {a.profile}, first {a.n} test images, {a.steps} steps, "
           f"{a.restarts} restart(s)  [{machine()}]")
-    for row_id in a.rows.split(","):
-        detector_row(a, row_id)
+    for seed in a.seeds:
+        for row_id in a.rows.split(","):
+            detector_row(a, row_id, seed)
     return 0
 
 
-def detector_row(a: argparse.Namespace, row_id: str) -> None:
-    """One detector row's table."""
-    run = row_setup(a.profile, row_id, a.n, a.seeds[0])
+def detector_row(a: argparse.Namespace, row_id: str, seed: int) -> None:
+    """One detector row's table at one experiment seed."""
+    run = row_setup(a.profile, row_id, a.n, seed)
     row, defence, x, y, task, finding = run.row, run.defence, run.x, run.y, run.task, run.finding
     thr = float(defence.threshold)
     s_clean = suspicion(defence, x).numpy()
@@ -74,7 +75,7 @@ def detector_row(a: argparse.Namespace, row_id: str) -> None:
         contenders["orthogonal PGD (score)"] = lambda: OrthogonalPGD(
             detector_term(defence, spread), eps=row.eps, steps=a.steps, restarts=a.restarts, grad_model=clf,
             success=accepted_by(defence), seed=run.cfg.seed)(defence, x, y)
-    print(f"\n## {row_id}: eps {row.eps:g}, n={len(x)}, threshold {thr:.4g} (fixed at fit time)\n")
+    print(f"\n## {row_id}, seed {seed}: eps {row.eps:g}, n={len(x)}, threshold {thr:.4g} (fixed at fit time)\n")
     print("| attack | accuracy with defence (%) | rejected (%) | detection AUROC (%) | seconds |")
     print("|---|---:|---:|---:|---:|")
     clean_acc = 100 * float(np.mean(handled_scores(defence, x, y, task, adversarial=False, finding=finding,

@@ -332,7 +332,7 @@ class DenoiserRecipe(Recipe):
     """Levy et al. 4.4 (limited knowledge): a small ensemble of surrogates (trained by the caller on the
     attacker's own data, e.g. with other seeds: copies of the defence's architecture, and any other model the
     attacker owns), eq. 3 iterated with restarts on them, and, with transfer=True (default), the field's
-    transfer-enhancing techniques (:mod:`medsec.attacks.transfer`): MI-DI-FGSM and MI-DI-TI-FGSM on the mean of
+    transfer-enhancing techniques (:mod:`medsec.attacks.transfer`): MI-DI-TI-FGSM and MI-DI-FGSM on the mean of
     the surrogates' logits, ``transfer_steps`` iterations (default: max(steps, 100); these attacks need many
     small steps). The most effective samples, judged on the surrogates only, are kept, then evaluated on the
     victim, which is never queried while crafting. transfer=False leaves those techniques out."""
